@@ -1,0 +1,3 @@
+"""fraudloop's logic: data, features, training, evaluation, registry, drift, storage, retraining cycle."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,200 @@
+"""The feature schema: which columns are the time, the label, the features, the id.
+
+The schema is configuration, not code. The default is the public ULB credit-card schema
+(Time, V1..V28, Amount, Class); ``FeatureSchema.load(path)`` reads any other from JSON or YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fraud_lib.errors import ConfigError, DataError
+
+ULB_FEATURES = (*(f"V{i}" for i in range(1, 29)), "Amount")
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """Column roles of a transactions table."""
+
+    time: str = "Time"
+    label: str = "Class"
+    features: tuple[str, ...] = ULB_FEATURES
+    id: str | None = None
+    categorical: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not self.features:
+            raise ConfigError("schema: 'features' must list at least one numeric column")
+        names = [*self.features, *self.categorical]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"schema: columns listed twice: {', '.join(dupes)}")
+        if self.label in names:
+            raise ConfigError(f"schema: the label column {self.label!r} cannot also be a feature")
+
+    @property
+    def model_columns(self) -> list[str]:
+        """Columns the model consumes, in order: numeric features then categorical ones."""
+        return [*self.features, *self.categorical]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSchema:
+        """Build a schema from a mapping with keys time, label, features, optional id, categorical."""
+        unknown = set(data) - {"time", "label", "features", "id", "categorical"}
+        if unknown:
+            raise ConfigError(
+                f"schema: unknown keys {sorted(unknown)}; allowed: time, label, features, id, categorical"
+            )
+        missing = [k for k in ("time", "label", "features") if k not in data]
+        if missing:
+            raise ConfigError(f"schema: missing required keys {missing}")
+        if not isinstance(data["features"], list) or not all(
+            isinstance(c, str) for c in data["features"]
+        ):
+            raise ConfigError("schema: 'features' must be a list of column names")
+        return cls(
+            time=str(data["time"]),
+            label=str(data["label"]),
+            features=tuple(data["features"]),
+            id=str(data["id"]) if data.get("id") else None,
+            categorical=tuple(data.get("categorical") or ()),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> FeatureSchema:
+        """Read a schema file (JSON or YAML); ``None`` or ``""`` gives the ULB default."""
+        if not path:
+            return cls()
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(
+                f"schema file {p} does not exist; pass --schema with a JSON or YAML file"
+            )
+        text = p.read_text()
+        try:
+            if p.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:
+            raise ConfigError(f"schema file {p} could not be parsed: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"schema file {p} must hold a mapping with keys time, label, features"
+            )
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form; round-trips through :meth:`from_dict`."""
+        d = asdict(self)
+        d["features"] = list(self.features)
+        d["categorical"] = list(self.categorical)
+        return d
+
+    # ---------------------------------------------------------------- tables
+    def validate_frame(self, df: pd.DataFrame, *, require_label: bool = True) -> pd.DataFrame:
+        """Check a transactions table; return it with numeric columns as float64.
+
+        Raises :class:`DataError` naming the first problem: empty table, missing columns,
+        non-numeric values, NaN/inf, or labels other than 0/1.
+        """
+        if df.empty:
+            raise DataError("the data has no rows; give a file with at least one transaction")
+        needed = [self.time, *self.model_columns] + ([self.label] if require_label else [])
+        missing = [c for c in dict.fromkeys(needed) if c not in df.columns]
+        if missing:
+            raise DataError(
+                f"missing column(s): {', '.join(missing)}; the schema expects "
+                f"time={self.time!r}, label={self.label!r} and {len(self.features)} feature columns "
+                "(pass --schema for another layout)"
+            )
+        out = df.copy()
+        for col in dict.fromkeys([self.time, *self.features]):
+            values = pd.to_numeric(out[col], errors="coerce")
+            bad = values.isna() & out[col].notna()
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise DataError(
+                    f"column {col!r} must be numeric; row {row} has {out[col].iloc[row]!r}"
+                )
+            values = values.astype("float64")
+            finite = np.isfinite(values.to_numpy())
+            if not finite.all():
+                row = int(np.flatnonzero(~finite)[0])
+                raise DataError(
+                    f"column {col!r} has a missing or infinite value at row {row}; "
+                    "fill or drop such rows before training"
+                )
+            out[col] = values
+        for col in self.categorical:
+            if out[col].isna().any():
+                raise DataError(f"categorical column {col!r} has missing values")
+            out[col] = out[col].astype(str)
+        if require_label:
+            labels = pd.to_numeric(out[self.label], errors="coerce")
+            ok = labels.isin([0, 1])
+            if not ok.all():
+                row = int(np.flatnonzero(~ok.to_numpy())[0])
+                raise DataError(
+                    f"label column {self.label!r} must be 0 or 1; row {row} has "
+                    f"{out[self.label].iloc[row]!r}"
+                )
+            out[self.label] = labels.astype("int8")
+        return out
+
+    # -------------------------------------------------------------- requests
+    def validate_record(self, record: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        """Validate one scoring request record.
+
+        Returns ``(clean, errors)``: ``clean`` maps every model column to a float (or str for
+        categorical), ``errors`` maps field names to what was wrong. Unknown fields are errors,
+        except ``transaction_id``, ``event_time`` and the label/id columns.
+        """
+        if not isinstance(record, Mapping):
+            return {}, {"": "each transaction must be a JSON object"}
+        errors: dict[str, str] = {}
+        clean: dict[str, Any] = {}
+        for col in self.features:
+            if col not in record:
+                errors[col] = "missing"
+                continue
+            value = record[col]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                errors[col] = f"must be a number, got {type(value).__name__}"
+            elif not math.isfinite(value):
+                errors[col] = "must be a finite number (NaN and Infinity are not allowed)"
+            else:
+                clean[col] = float(value)
+        for col in self.categorical:
+            if col not in record:
+                errors[col] = "missing"
+            elif not isinstance(record[col], (str, int)) or isinstance(record[col], bool):
+                errors[col] = "must be a string"
+            else:
+                clean[col] = str(record[col])
+        allowed = {*self.model_columns, "transaction_id", "event_time", self.time, self.label}
+        if self.id:
+            allowed.add(self.id)
+        for key in record:
+            if key not in allowed:
+                errors[str(key)] = "unknown field; check the spelling against GET /v1/model"
+        return clean, errors
+
+
+def records_to_frame(schema: FeatureSchema, records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Validated records (from :meth:`FeatureSchema.validate_record`) to a model-ready frame."""
+    frame = pd.DataFrame.from_records(records, columns=schema.model_columns)
+    for col in schema.features:
+        frame[col] = frame[col].astype("float64")
+    return frame
