@@ -18,6 +18,12 @@ import pandas as pd
 
 from fraud_lib.errors import ConfigError, DataError
 
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the plain Python value, so messages read ``2``, not ``np.int64(2)``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 ULB_FEATURES = (*(f"V{i}" for i in range(1, 29)), "Amount")
 
 
@@ -126,7 +132,7 @@ class FeatureSchema:
             if bad.any():
                 row = int(np.flatnonzero(bad.to_numpy())[0])
                 raise DataError(
-                    f"column {col!r} must be numeric; row {row} has {out[col].iloc[row]!r}"
+                    f"column {col!r} must be numeric; row {row} has {_plain(out[col].iloc[row])!r}"
                 )
             values = values.astype("float64")
             finite = np.isfinite(values.to_numpy())
@@ -148,7 +154,7 @@ class FeatureSchema:
                 row = int(np.flatnonzero(~ok.to_numpy())[0])
                 raise DataError(
                     f"label column {self.label!r} must be 0 or 1; row {row} has "
-                    f"{out[self.label].iloc[row]!r}"
+                    f"{_plain(out[self.label].iloc[row])!r}"
                 )
             out[self.label] = labels.astype("int8")
         return out

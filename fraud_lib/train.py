@@ -23,7 +23,7 @@ from fraud_lib.schema import FeatureSchema
 log = logging.getLogger(__name__)
 
 MODEL_TYPES = {
-    "hgb": "HistGradientBoosting, class-weighted, early stopping on the time-ordered validation slice",
+    "hgb": "HistGradientBoosting, early stopping on the time-ordered validation slice",
     "lr": "logistic regression on standardised features, class-weighted",
     "rf": "random forest, 200 trees, balanced class weights per bootstrap",
 }
@@ -67,16 +67,20 @@ def build_model(
         raise ConfigError(f"unknown resampling {resample!r}; use one of {', '.join(RESAMPLERS)}")
     weight = "balanced" if resample == "none" else None
     if model_type == "hgb":
+        # No class weights for HGB: average precision is a ranking metric that weighting does
+        # not improve here, the threshold is tuned on validation anyway, and any sample weight
+        # sends scikit-learn 1.9's binning down a slow weighted-percentile path (~15x slower
+        # below 200k rows). Early stopping watches the log-loss of the time-ordered validation
+        # slice, which is far less noisy than its average precision with few frauds.
         clf: Any = HistGradientBoostingClassifier(
-            learning_rate=0.08,
-            max_iter=400,
+            learning_rate=0.05,
+            max_iter=500,
             max_leaf_nodes=31,
             min_samples_leaf=40,
             l2_regularization=1.0,
-            class_weight=weight,
             early_stopping=True,
-            scoring="average_precision",
-            n_iter_no_change=25,
+            scoring="loss",
+            n_iter_no_change=30,
             random_state=seed,
         )
     elif model_type == "lr":
@@ -135,7 +139,7 @@ def _fit(
         if 0 < y_val.sum() < y_val.size:
             model.fit(X, y, clf__X_val=X_val, clf__y_val=y_val)
             return
-        model.set_params(clf__early_stopping=False, clf__max_iter=150)
+        model.set_params(clf__early_stopping=False, clf__max_iter=200)
     model.fit(X, y)
 
 

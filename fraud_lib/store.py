@@ -1,0 +1,538 @@
+"""Postgres tables and queries: predictions (the log), labels, model_events (decision history).
+
+SQLAlchemy 2 Core; every session runs with ``TimeZone=UTC``, so naive datetimes passed in are
+read as UTC and timestamps come back timezone-aware in UTC. Bulk writes go through COPY into a
+temporary table and one ``INSERT ... SELECT ... ON CONFLICT``: idempotent, and for the
+2k-10k row batches the prediction log ships ~2.7x faster than an executemany INSERT with
+RETURNING (which counting new rows would need). 10k rows: ~0.5 s, most of it json.dumps of the
+features; pass them as JSON text to skip that.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+import pandas as pd
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection, Engine
+
+from fraud_lib import pgserver
+from fraud_lib.errors import DatabaseError, DataError
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+TZ = sa.DateTime(timezone=True)
+
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("prediction_id", sa.Text, primary_key=True),
+    sa.Column("transaction_id", sa.Text, nullable=False),
+    sa.Column("scored_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("event_time", sa.Double),
+    sa.Column("features", JSONB, nullable=False),
+    sa.Column("score", sa.Double, nullable=False),
+    sa.Column("is_fraud", sa.Boolean),
+    sa.Column("threshold", sa.Double),
+    sa.Column("risk_level", sa.Text),
+    sa.Column("model_name", sa.Text),
+    sa.Column("model_version", sa.Text),
+    sa.Column("request_id", sa.Text),
+    sa.Column("written_at", TZ, nullable=False, server_default=sa.func.now()),
+    # (transaction_id, scored_at) serves lookups by id and "latest prediction per transaction".
+    sa.Index("ix_predictions_tx_scored_at", "transaction_id", "scored_at"),
+    sa.Index("ix_predictions_scored_at", "scored_at"),
+)
+
+labels = sa.Table(
+    "labels",
+    metadata,
+    sa.Column("transaction_id", sa.Text, primary_key=True),
+    sa.Column("label", sa.SmallInteger, nullable=False),
+    sa.Column("labeled_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("source", sa.Text, nullable=False, server_default="api"),
+    sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("label IN (0, 1)", name="ck_labels_label_01"),
+)
+
+# The usual model_events.event values (any lowercase word is accepted, e.g. "dry_run").
+MODEL_EVENTS = ("promoted", "rejected", "rolled_back", "registered", "conflict", "skipped")
+
+model_events_table = sa.Table(
+    "model_events",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("created_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("model_name", sa.Text, nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+    sa.Column("version", sa.Text),
+    sa.Column("previous_version", sa.Text),
+    sa.Column("metric_name", sa.Text),
+    sa.Column("challenger_metric", sa.Double),
+    sa.Column("champion_metric", sa.Double),
+    sa.Column("reason", sa.Text),
+    sa.Column("details", JSONB),
+    sa.Column("run_id", sa.Text),
+    sa.Index("ix_model_events_model_created", "model_name", "created_at"),
+)
+
+# Fields of a prediction row given to insert_predictions, with their COPY types.
+_PRED_TYPES = (
+    ("prediction_id", "text"), ("transaction_id", "text"), ("scored_at", "timestamptz"),
+    ("event_time", "float8"), ("features", "text"), ("score", "float8"), ("is_fraud", "bool"),
+    ("threshold", "float8"), ("risk_level", "text"), ("model_name", "text"),
+    ("model_version", "text"), ("request_id", "text"),
+)  # fmt: skip
+PREDICTION_FIELDS = tuple(c for c, _ in _PRED_TYPES)
+_BASE_COLUMNS = (
+    "transaction_id", "prediction_id", "scored_at", "event_time", "score", "is_fraud",
+    "threshold", "risk_level", "model_name", "model_version",
+)  # fmt: skip
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+_dumps = partial(json.dumps, default=_json_default, allow_nan=False, separators=(",", ":"))
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+# ---------------------------------------------------------------------------- engines
+_engines: dict[str, Engine] = {}
+_migrated: set[str] = set()
+_lock = threading.Lock()
+
+
+def _dispose_after_fork() -> None:
+    # A forked child (gunicorn worker) must not reuse the parent's pooled connections.
+    for engine in _engines.values():
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_dispose_after_fork)
+
+
+def make_engine(url: str) -> Engine:
+    """A pooled engine for ``url`` (cached per URL in this process), sessions in UTC."""
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = sa.create_engine(
+                url,
+                pool_pre_ping=True,
+                json_serializer=_dumps,
+                connect_args={"connect_timeout": 10, "options": "-c TimeZone=UTC"},
+            )
+            _engines[url] = engine
+        return engine
+
+
+_UNREACHABLE_SQLSTATES = ("08", "57P")  # connection exception; server shutting down/starting
+
+
+@contextmanager
+def _errors(bind: Engine | Connection) -> Iterator[None]:
+    """Turn driver errors into DatabaseError (unreachable, other) or DataError (bad rows)."""
+    try:
+        yield
+    except (sa.exc.DBAPIError, psycopg.Error) as exc:
+        orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        url = bind.engine.url.render_as_string(hide_password=True)
+        text = str(orig).strip()
+        first = text.splitlines()[0] if text else type(orig).__name__
+        if isinstance(orig, psycopg.IntegrityError | psycopg.DataError):
+            raise DataError(f"the database rejected the rows: {first}") from exc
+        sqlstate = getattr(orig, "sqlstate", None) or ""
+        if (
+            getattr(exc, "connection_invalidated", False)
+            or (isinstance(orig, psycopg.OperationalError) and not sqlstate)
+            or sqlstate.startswith(_UNREACHABLE_SQLSTATES)
+        ):
+            raise DatabaseError(
+                f"cannot reach the database at {url}: {first}. Start the embedded server with "
+                "`fraud db start`, or check FRAUD_DATABASE_URL"
+            ) from exc
+        raise DatabaseError(f"database error at {url}: {first}") from exc
+
+
+@contextmanager
+def _begin(bind: Engine | Connection) -> Iterator[Connection]:
+    """A connection in a transaction: a new one committed on success for an Engine, or the
+    caller's connection (whose transaction the caller owns)."""
+    with _errors(bind):
+        if isinstance(bind, Connection):
+            yield bind
+        else:
+            with bind.begin() as conn:
+                yield conn
+
+
+def migrate(bind: Engine | Connection) -> None:
+    """Create missing tables and indexes (idempotent; serialised across processes)."""
+    with _begin(bind) as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7134001)"))
+        metadata.create_all(conn, checkfirst=True)
+
+
+def connect_store(settings: Any) -> Engine:
+    """Engine for ``settings`` (starting the embedded server if needed), migrated once per
+    process."""
+    url = pgserver.database_url(settings)
+    engine = make_engine(url)
+    if url not in _migrated:
+        migrate(engine)
+        _migrated.add(url)
+        log.info("database ready at %s", mask_url(url))
+    return engine
+
+
+# ---------------------------------------------------------------------------- COPY helper
+def _copy_into_temp(conn: Connection, name: str, columns: Sequence[tuple[str, str]],
+                    rows: Iterable[Sequence[Any]]) -> None:  # fmt: skip
+    """(Re)fill temporary table ``name`` (columns: (name, type)) with ``rows`` via COPY."""
+    cols = ", ".join(f"{c} {t}" for c, t in columns)
+    conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({cols}) ON COMMIT DELETE ROWS")
+    conn.exec_driver_sql(f"TRUNCATE {name}")
+    raw = conn.connection.driver_connection
+    with (
+        raw.cursor() as cur,
+        cur.copy(f"COPY {name} ({', '.join(c for c, _ in columns)}) FROM STDIN") as copy,
+    ):
+        copy.set_types([t for _, t in columns])
+        for row in rows:
+            copy.write_row(row)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_datetime(value: Any, what: str) -> datetime | None:
+    """None, a datetime (naive = UTC) or an ISO-8601 string."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        raise DataError(f"{what}: {value!r} is not an ISO-8601 timestamp") from None
+
+
+# ---------------------------------------------------------------------------- predictions
+def _prediction_tuple(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    pid, tx, features, score = (row.get(k) for k in ("prediction_id", "transaction_id",
+                                                      "features", "score"))  # fmt: skip
+    if not pid or not tx or features is None or score is None:
+        raise DataError(
+            f"prediction {pid!r}: prediction_id, transaction_id, features and score are required",
+            {"prediction_id": str(pid)},
+        )
+    if not isinstance(features, str):  # JSON text (e.g. straight from the spool) passes as is
+        try:
+            features = _dumps(features)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"prediction {pid!r}: features are not valid JSON: {exc}") from None
+    score = float(score)
+    if not math.isfinite(score):
+        raise DataError(f"prediction {pid!r}: score must be finite, got {score}")
+    is_fraud, version = row.get("is_fraud"), row.get("model_version")
+    return (
+        str(pid), str(tx), _opt_datetime(row.get("scored_at"), f"prediction {pid!r} scored_at"),
+        _opt_float(row.get("event_time")), features, score,
+        None if is_fraud is None else bool(is_fraud), _opt_float(row.get("threshold")),
+        row.get("risk_level"), row.get("model_name"), None if version is None else str(version),
+        row.get("request_id"),
+    )  # fmt: skip
+
+
+def insert_predictions(bind: Engine | Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert prediction rows, skipping prediction_ids already stored; return how many were new.
+
+    Each row has the keys of :data:`PREDICTION_FIELDS` (prediction_id, transaction_id,
+    features and score are required; ``features`` is a dict or its JSON text). A row that
+    cannot be stored raises :class:`DataError` before anything is written.
+    """
+    if not rows:
+        return 0
+    tuples = [_prediction_tuple(r) for r in rows]
+    names = [c for c, _ in _PRED_TYPES]
+    select = ", ".join(
+        {"scored_at": "COALESCE(scored_at, now())", "features": "features::jsonb"}.get(c, c)
+        for c in names
+    )
+    with _begin(bind) as conn:
+        _copy_into_temp(conn, "_predictions_in", _PRED_TYPES, tuples)
+        result = conn.exec_driver_sql(
+            f"INSERT INTO predictions ({', '.join(names)}) SELECT {select} FROM _predictions_in "
+            "ON CONFLICT (prediction_id) DO NOTHING"
+        )
+        return int(result.rowcount)
+
+
+def prediction_count(bind: Engine | Connection) -> int:
+    with _begin(bind) as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one())
+
+
+def count_predictions_by_ids(bind: Engine | Connection, ids: Iterable[str]) -> int:
+    """How many of ``ids`` (prediction ids) are stored."""
+    ids = [str(i) for i in ids]
+    if not ids:
+        return 0
+    with _begin(bind) as conn:
+        query = sa.select(sa.func.count()).where(predictions.c.prediction_id.in_(ids))
+        return int(conn.execute(query).scalar_one())
+
+
+# ---------------------------------------------------------------------------- labels
+def _clean_label(tx: str, value: Any) -> int:
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        return int(value.strip())
+    if isinstance(value, bool | int | float) and value in (0, 1):
+        return int(value)
+    raise DataError(
+        f"transaction {tx!r}: label must be 0 or 1, got {value!r}", {"transaction_id": tx}
+    )
+
+
+def upsert_labels(bind: Engine | Connection, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Store labels ``{transaction_id, label, labeled_at?, source?}``.
+
+    A new transaction id is inserted; a changed label is updated (with the new labeled_at and
+    source); the same label again changes nothing, so the original labeled_at is kept and
+    re-imports are idempotent. Labels for transactions without a prediction are stored too
+    (they may arrive before the prediction log drains) and listed in ``unknown_ids``.
+    Returns ``{"inserted", "updated", "unchanged", "unknown_ids"}``. Within one call the last
+    row for a transaction id wins.
+    """
+    latest: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        tx = row.get("transaction_id")
+        if tx is None or str(tx) == "":
+            raise DataError("every label needs a transaction_id")
+        tx = str(tx)
+        labeled_at = _opt_datetime(row.get("labeled_at"), f"transaction {tx!r} labeled_at")
+        latest[tx] = (
+            tx,
+            _clean_label(tx, row.get("label")),
+            labeled_at,
+            row.get("source") or "api",
+        )
+    if not latest:
+        return {"inserted": 0, "updated": 0, "unchanged": 0, "unknown_ids": []}
+    types = (("transaction_id", "text"), ("label", "int2"), ("labeled_at", "timestamptz"),
+             ("source", "text"))  # fmt: skip
+    with _begin(bind) as conn:
+        _copy_into_temp(conn, "_labels_in", types, latest.values())
+        written = conn.exec_driver_sql(
+            "INSERT INTO labels AS l (transaction_id, label, labeled_at, source) "
+            "SELECT transaction_id, label, COALESCE(labeled_at, now()), source FROM _labels_in "
+            "ON CONFLICT (transaction_id) DO UPDATE SET label = excluded.label, "
+            "labeled_at = excluded.labeled_at, source = excluded.source, updated_at = now() "
+            "WHERE l.label IS DISTINCT FROM excluded.label "
+            "RETURNING (xmax = 0) AS inserted"
+        ).scalars().all()  # fmt: skip
+        unknown = conn.exec_driver_sql(
+            "SELECT i.transaction_id FROM _labels_in i WHERE NOT EXISTS "
+            "(SELECT 1 FROM predictions p WHERE p.transaction_id = i.transaction_id) "
+            "ORDER BY 1"
+        ).scalars().all()  # fmt: skip
+    inserted = sum(bool(x) for x in written)
+    updated = len(written) - inserted
+    return {"inserted": inserted, "updated": updated,
+            "unchanged": len(latest) - len(written), "unknown_ids": list(unknown)}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- windows
+def _natural(key: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
+
+
+_WINDOW = "p.scored_at >= %(start)s AND p.scored_at < %(end)s"
+_KINDS = (
+    "SELECT e.k, bool_and(jsonb_typeof(e.v) IN ('number', 'null')) "
+    "FROM ({}) s, jsonb_each(s.features) AS e(k, v) GROUP BY e.k"
+)
+# First and last rows of the window: payloads are validated against one schema, so this finds
+# every key unless a key came and went inside the window (a failed cast re-runs the full scan).
+_SAMPLE = sql.SQL(_KINDS).format(
+    sql.SQL(
+        f"(SELECT p.features FROM predictions p WHERE {_WINDOW} ORDER BY p.scored_at LIMIT 1000)"
+        " UNION ALL "
+        f"(SELECT p.features FROM predictions p WHERE {_WINDOW} "
+        "ORDER BY p.scored_at DESC LIMIT 1000)"
+    )
+)
+_MICROS = "(extract(epoch FROM {}) * 1000000)::int8"  # exact timestamps as int8
+
+
+def _window_frame(
+    conn: Connection, selection: sql.Composable, params: dict[str, Any], *, labeled: bool
+) -> pd.DataFrame:
+    """Predictions whose ids ``selection`` returns (all scored in the window), as a DataFrame.
+
+    The features JSON is expanded server side: the keys (and whether their values are all
+    numbers) come from a sample of the window, then ``jsonb_to_record`` returns them as float8
+    or text columns over the binary protocol: ~3x faster than parsing 300k JSON documents in
+    Python. Timestamps travel as epoch microseconds.
+    """
+    base = list(_BASE_COLUMNS) + (["label", "labeled_at"] if labeled else [])
+    cols = [sql.SQL(_MICROS.format("p.scored_at") if c == "scored_at" else f"p.{c}")
+            for c in _BASE_COLUMNS]  # fmt: skip
+    joins = [sql.SQL("JOIN predictions p USING (prediction_id)")]
+    if labeled:
+        cols += [sql.SQL("l.label"), sql.SQL(_MICROS.format("l.labeled_at"))]
+        joins.append(sql.SQL("JOIN labels l ON l.transaction_id = p.transaction_id"))
+    full_scan = sql.SQL(_KINDS).format(
+        sql.SQL("SELECT p.features FROM ({}) sel {} WHERE {} OFFSET 0").format(
+            selection, joins[0], sql.SQL(_WINDOW)
+        )
+    )
+    raw = conn.connection.driver_connection
+    with raw.cursor(binary=True) as cur:
+        # JIT compilation costs more than it saves here; sorts of 300k ids fit in 64MB.
+        cur.execute("SET LOCAL jit = off")
+        cur.execute("SET LOCAL work_mem = '64MB'")
+        for discovery in (_SAMPLE, full_scan):
+            kinds = cur.execute(discovery, params).fetchall()
+            keys = sorted((k for k in kinds if k[0] not in base), key=lambda k: _natural(k[0]))
+            record = sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL("float8" if num else "text"))
+                for k, num in keys
+            )
+            lateral = sql.SQL("CROSS JOIN LATERAL jsonb_to_record(p.features) AS x({})")
+            query = sql.SQL("WITH sel AS ({}) SELECT {} FROM sel {} WHERE {}").format(
+                selection,
+                sql.SQL(", ").join([*cols, sql.SQL("x.*")] if keys else cols),
+                sql.SQL(" ").join([*joins, lateral.format(record)] if keys else joins),
+                sql.SQL(_WINDOW),
+            )
+            cur.execute("SAVEPOINT window_frame")
+            try:
+                rows = cur.execute(query, params).fetchall()
+                break
+            except psycopg.errors.InvalidTextRepresentation:
+                # a text value in a column the sample saw as numeric: look at every row
+                cur.execute("ROLLBACK TO SAVEPOINT window_frame")
+                if discovery is full_scan:
+                    raise
+    frame = pd.DataFrame.from_records(rows, columns=base + [k for k, _ in keys])
+    for col in ("scored_at", "labeled_at"):
+        if col in frame:
+            frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="us", utc=True)
+    if labeled:
+        frame["label"] = frame["label"].astype("int8")
+    return frame
+
+
+def labeled_predictions(
+    bind: Engine | Connection,
+    *,
+    start: datetime,
+    end: datetime,
+    labels_known_by: datetime | None = None,
+) -> pd.DataFrame:
+    """Labeled predictions scored in ``[start, end)``: the latest prediction per transaction,
+    joined to its label (only labels with ``labeled_at <= labels_known_by`` when given, so a
+    re-run of the same interval sees the same rows).
+
+    Columns: transaction_id, prediction_id, scored_at, event_time, score, is_fraud, threshold,
+    risk_level, model_name, model_version, label, labeled_at, then one column per key of the
+    features JSON (float64 if all its values are numbers, else object; keys that clash with
+    these names are dropped; NaN/None where a row lacks a key). Sorted by event_time (missing
+    last), scored_at, transaction_id. ~8 s for 300k rows with 30 features on 2 cores.
+    """
+    known = sql.SQL("AND l.labeled_at <= %(known)s" if labels_known_by is not None else "")
+    selection = sql.SQL(
+        "SELECT DISTINCT ON (p.transaction_id) p.prediction_id FROM predictions p "
+        "JOIN labels l ON l.transaction_id = p.transaction_id {} "
+        "WHERE p.scored_at >= %(start)s AND p.scored_at < %(end)s "
+        "ORDER BY p.transaction_id, p.scored_at DESC, p.prediction_id DESC"
+    ).format(known)
+    params = {"start": start, "end": end, "known": labels_known_by}
+    with _begin(bind) as conn:
+        frame = _window_frame(conn, selection, params, labeled=True)
+    frame = frame.sort_values(
+        ["event_time", "scored_at", "transaction_id"], na_position="last", kind="mergesort"
+    )
+    return frame.reset_index(drop=True)
+
+
+def recent_predictions(
+    bind: Engine | Connection, *, start: datetime, end: datetime, limit: int | None = None
+) -> pd.DataFrame:
+    """Predictions scored in ``[start, end)`` (the ``limit`` most recent if given), oldest
+    first, with the columns of :func:`labeled_predictions` except label and labeled_at."""
+    order = (
+        "ORDER BY scored_at DESC, prediction_id DESC LIMIT %(limit)s" if limit is not None else ""
+    )
+    selection = sql.SQL(
+        "SELECT prediction_id FROM predictions "
+        f"WHERE scored_at >= %(start)s AND scored_at < %(end)s {order}"
+    )
+    params = {"start": start, "end": end, "limit": None if limit is None else int(limit)}
+    with _begin(bind) as conn:
+        frame = _window_frame(conn, selection, params, labeled=False)
+    frame = frame.sort_values(["scored_at", "prediction_id"], kind="mergesort")
+    return frame.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- model events
+def record_model_event(bind: Engine | Connection, **fields: Any) -> int:
+    """Append a row to model_events (model_name and event required); return its id."""
+    allowed = {c.name for c in model_events_table.columns} - {"id"}
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise TypeError(
+            f"record_model_event: unknown field(s) {unknown}; allowed {sorted(allowed)}"
+        )
+    if not fields.get("model_name"):
+        raise DataError("record_model_event: model_name is required")
+    if not re.fullmatch(r"[a-z][a-z_]*", str(fields.get("event") or "")):
+        raise DataError(f"record_model_event: event must be a lowercase word such as "
+                        f"{', '.join(MODEL_EVENTS)}; got {fields.get('event')!r}")  # fmt: skip
+    for key in ("version", "previous_version"):
+        if fields.get(key) is not None:
+            fields[key] = str(fields[key])
+    with _begin(bind) as conn:
+        stmt = model_events_table.insert().values(**fields).returning(model_events_table.c.id)
+        return int(conn.execute(stmt).scalar_one())
+
+
+def model_events(
+    bind: Engine | Connection, model_name: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Decision history, newest first (optionally for one model)."""
+    t = model_events_table
+    query = sa.select(t).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
+    if model_name is not None:
+        query = query.where(t.c.model_name == model_name)
+    with _begin(bind) as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]

@@ -1,0 +1,128 @@
+"""Settings from the environment and the feature schema (code tests)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from fraud_lib.config import Settings
+from fraud_lib.errors import ConfigError, DataError
+from fraud_lib.schema import ULB_FEATURES, FeatureSchema, records_to_frame
+
+
+def test_defaults_need_no_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env({})
+    assert s.state_dir == tmp_path / ".fraudloop"
+    assert s.embedded_postgres
+    assert s.sqlalchemy_url.startswith("postgresql+psycopg://fraud@127.0.0.1:")
+    assert s.mlflow_tracking_uri == f"sqlite:///{tmp_path / '.fraudloop' / 'mlflow.db'}"
+    assert s.model_name == "fraud-detector"
+
+
+def test_env_values_are_parsed_and_validated():
+    s = Settings.from_env({"FRAUD_MAX_BATCH": "50", "FRAUD_DATABASE_URL": "postgresql://u:pw@db/x"})
+    assert s.max_batch == 50
+    assert s.sqlalchemy_url == "postgresql+psycopg://u:pw@db/x"
+    assert "pw" not in s.describe()["database_url"]
+    with pytest.raises(ConfigError, match="FRAUD_MAX_BATCH='lots' is not a whole number"):
+        Settings.from_env({"FRAUD_MAX_BATCH": "lots"})
+    with pytest.raises(ConfigError, match="FRAUD_THRESHOLD_RULE"):
+        Settings.from_env({"FRAUD_THRESHOLD_RULE": "vibes"})
+    with pytest.raises(ConfigError, match="FRAUD_RISK_MEDIUM"):
+        Settings.from_env({"FRAUD_RISK_MEDIUM": "0.9", "FRAUD_RISK_HIGH": "0.5"})
+
+
+def test_admin_token_is_masked():
+    assert Settings.from_env({"FRAUD_ADMIN_TOKEN": "s3cret"}).describe()["admin_token"] == "***"
+
+
+def test_default_schema_is_ulb():
+    s = FeatureSchema()
+    assert s.time == "Time" and s.label == "Class"
+    assert s.features == ULB_FEATURES and len(s.features) == 29
+
+
+def test_schema_file_round_trip_json_and_yaml(tmp_path):
+    spec = {
+        "time": "ts",
+        "label": "fraud",
+        "features": ["a", "b"],
+        "id": "tx",
+        "categorical": ["merchant"],
+    }
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    (tmp_path / "s.yaml").write_text(
+        "time: ts\nlabel: fraud\nfeatures: [a, b]\nid: tx\ncategorical: [merchant]\n"
+    )
+    a = FeatureSchema.load(tmp_path / "s.json")
+    assert a == FeatureSchema.load(tmp_path / "s.yaml")
+    assert FeatureSchema.from_dict(a.to_dict()) == a
+    assert a.model_columns == ["a", "b", "merchant"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"time": "t", "label": "y"}, "missing required keys"),
+        ({"time": "t", "label": "y", "features": ["a"], "colour": 1}, "unknown keys"),
+        ({"time": "t", "label": "y", "features": []}, "at least one"),
+        ({"time": "t", "label": "a", "features": ["a"]}, "cannot also be a feature"),
+    ],
+)
+def test_bad_schemas_are_refused(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        FeatureSchema.from_dict(spec)
+
+
+def test_missing_schema_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        FeatureSchema.load(tmp_path / "nope.json")
+
+
+def _frame(n=4):
+    s = FeatureSchema()
+    df = pd.DataFrame({c: [0.5] * n for c in s.features})
+    df["Time"] = range(n)
+    df["Class"] = [0, 1] * (n // 2)
+    return s, df
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda df: df.drop(columns=["V3"]), "missing column"),
+        (lambda df: df.assign(V1=[0.1, math.nan, 0.2, 0.3]), "missing or infinite"),
+        (lambda df: df.assign(Amount=[1, math.inf, 2, 3]), "missing or infinite"),
+        (lambda df: df.assign(V2=["1", "x", "2", "3"]), "must be numeric"),
+        (lambda df: df.assign(Class=[0, 2, 0, 1]), "must be 0 or 1"),
+        (lambda df: df.iloc[:0], "no rows"),
+    ],
+)
+def test_validate_frame_errors_name_the_problem(mutate, message):
+    s, df = _frame()
+    with pytest.raises(DataError, match=message):
+        s.validate_frame(mutate(df))
+
+
+def test_validate_frame_coerces_types():
+    s, df = _frame()
+    out = s.validate_frame(df.assign(V2=["1", "2", "3", "4"]))
+    assert out["V2"].dtype == "float64" and out["Class"].tolist() == [0, 1, 0, 1]
+
+
+def test_validate_record_reports_each_field():
+    s = FeatureSchema()
+    rec = {c: 1.0 for c in s.features}
+    clean, errors = s.validate_record({**rec, "transaction_id": "t", "Time": 3})
+    assert errors == {} and clean["V1"] == 1.0
+    _, errors = s.validate_record({**rec, "V1": "x", "V2": math.nan, "V3": True, "bogus": 1})
+    assert set(errors) == {"V1", "V2", "V3", "bogus"}
+    _, errors = s.validate_record({k: v for k, v in rec.items() if k != "Amount"})
+    assert errors == {"Amount": "missing"}
+    assert s.validate_record([1, 2])[1] == {"": "each transaction must be a JSON object"}
+    frame = records_to_frame(s, [clean])
+    assert list(frame.columns) == s.model_columns
