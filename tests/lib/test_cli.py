@@ -1,0 +1,191 @@
+"""The ``fraud`` console script end to end (real Postgres, real MLflow store in a temp dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fraud_lib.data import generate, save_transactions
+
+FRAUD = str(Path(sys.executable).with_name("fraud"))
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path, ok: bool = True):
+    proc = subprocess.run(
+        [FRAUD, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def cli_env(tmp_path, pg_url, pg_engine):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "MLFLOW_"))}
+    env.update(
+        FRAUD_STATE_DIR=str(tmp_path / "state"),
+        FRAUD_DATABASE_URL=pg_url,
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+        FRAUD_MLFLOW_ARTIFACTS=str(tmp_path / "artifacts"),
+        FRAUD_MIN_AVERAGE_PRECISION="0.05",
+    )
+    return env
+
+
+@pytest.mark.slow
+def test_generate_train_promote_models_rollback(tmp_path, cli_env):
+    data = tmp_path / "tx.parquet"
+    run(
+        [
+            "generate",
+            "--out",
+            str(data),
+            "--days",
+            "10",
+            "--rows-per-day",
+            "4000",
+            "--fraud-rate",
+            "0.005",
+            "--seed",
+            "5",
+        ],
+        cli_env,
+        tmp_path,
+    )
+    assert len(pd.read_parquet(data)) == 40_000
+
+    metrics = tmp_path / "m.json"
+    out = run(
+        ["train", "--data", str(data), "--model", "lr", "--metrics-json", str(metrics)],
+        cli_env,
+        tmp_path,
+    )
+    assert "average_precision" in out.stdout and "registered fraud-detector version 1" in out.stdout
+    m = json.loads(metrics.read_text())
+    for key in (
+        "average_precision",
+        "roc_auc",
+        "precision",
+        "recall",
+        "f1",
+        "threshold",
+        "n_train",
+        "n_test",
+        "train_seconds",
+    ):
+        assert key in m, key
+    assert m["n_test"] == 8000
+
+    first = run(["promote", "--data", str(data)], cli_env, tmp_path)
+    assert "decision: promoted - first champion" in first.stdout
+    run(["train", "--data", str(data), "--model", "hgb"], cli_env, tmp_path)
+    second = run(["promote", "--data", str(data)], cli_env, tmp_path)
+    assert "challenger v2" in second.stdout and "champion v1" in second.stdout
+    assert "decision: promoted" in second.stdout
+
+    listing = json.loads(run(["models", "--json"], cli_env, tmp_path).stdout)
+    assert [v["aliases"] for v in listing["versions"]] == [["challenger", "champion"], []]
+    assert [e["event"] for e in listing["events"]] == ["promoted", "promoted"]
+
+    back = run(["rollback"], cli_env, tmp_path)
+    assert "from version 2 back to 1" in back.stdout
+    table = run(["models"], cli_env, tmp_path).stdout
+    assert "rolled_back" in table
+
+
+def test_labels_import_reports_unknown_ids(tmp_path, cli_env):
+    path = tmp_path / "labels.csv"
+    path.write_text("transaction_id,label,labeled_at\nt-1,1,2026-01-02T00:00:00Z\nt-2,0,\n")
+    out = run(["labels", "import", str(path)], cli_env, tmp_path)
+    assert "inserted 2, updated 0, unknown transaction ids 2" in out.stdout
+
+
+def _assert_clean_error(proc, *fragments: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+
+
+@pytest.fixture
+def good_frame():
+    return generate(2, rows_per_day=200, seed=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "fragments"),
+    [
+        ("missing_col.csv", lambda df: df.drop(columns=["V7"]), ["missing column(s): V7"]),
+        (
+            "nan.csv",
+            lambda df: df.assign(V3=[None] + [0.0] * (len(df) - 1)),
+            ["'V3' has a missing or infinite value at row 0"],
+        ),
+        (
+            "label.csv",
+            lambda df: df.assign(Class=[2] + [0] * (len(df) - 1)),
+            ["'Class' must be 0 or 1; row 0 has 2"],
+        ),
+        (
+            "text.csv",
+            lambda df: df.assign(Amount=["abc"] + [1.0] * (len(df) - 1)),
+            ["'Amount' must be numeric"],
+        ),
+    ],
+)
+def test_bad_data_gives_one_line_error(tmp_path, cli_env, good_frame, name, mutate, fragments):
+    path = tmp_path / name
+    save_transactions(mutate(good_frame), path)
+    proc = run(["train", "--data", str(path), "--no-register"], cli_env, tmp_path, ok=False)
+    _assert_clean_error(proc, "error:", *fragments)
+    assert proc.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_empty_missing_and_unknown_inputs(tmp_path, cli_env):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    _assert_clean_error(
+        run(["train", "--data", str(empty)], cli_env, tmp_path, ok=False), "is empty"
+    )
+    _assert_clean_error(
+        run(["train", "--data", str(tmp_path / "nope.csv")], cli_env, tmp_path, ok=False),
+        "does not exist",
+    )
+    _assert_clean_error(
+        run(["train", "--data", str(empty), "--model", "xgboost"], cli_env, tmp_path, ok=False),
+        "Invalid value for '--model'",
+        "'xgboost' is not one of 'hgb', 'lr', 'rf'",
+    )
+    _assert_clean_error(
+        run(
+            ["generate", "--out", str(tmp_path / "x.csv"), "--scenario", "meteor"],
+            cli_env,
+            tmp_path,
+            ok=False,
+        ),
+        "meteor",
+    )
+    bad_env = {**cli_env, "FRAUD_MAX_BATCH": "many"}
+    _assert_clean_error(run(["config"], bad_env, tmp_path, ok=False), "FRAUD_MAX_BATCH")
+
+
+def test_promote_without_challenger_says_what_to_do(tmp_path, cli_env, good_frame):
+    path = tmp_path / "d.csv"
+    save_transactions(good_frame, path)
+    _assert_clean_error(
+        run(["promote", "--data", str(path)], cli_env, tmp_path, ok=False), "no challenger"
+    )
+    _assert_clean_error(run(["rollback"], cli_env, tmp_path, ok=False), "no champion")
+
+
+def test_help_explains_every_command(tmp_path, cli_env):
+    top = run(["--help"], cli_env, tmp_path).stdout
+    for command in ("generate", "train", "promote", "rollback", "models", "db", "labels"):
+        assert command in top
+    assert "--resample" in run(["train", "--help"], cli_env, tmp_path).stdout
