@@ -1,0 +1,167 @@
+"""The Flask application factory of the scoring service.
+
+``create_app(settings)`` builds one app per process (per gunicorn worker: the app is not
+preloaded in the master, so the model, threads and connections all belong to the worker). It
+loads the champion, starts the model poller and the prediction-log shipper, and registers the
+``api`` and ``ops`` blueprints and JSON error handlers: every error body is
+``{"error": {"code", "message", "fields"}}``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from fraud_lib import pgserver, store
+from fraud_lib.config import Settings
+from serving.metrics import Metrics
+from serving.model_holder import ModelHolder
+from serving.prediction_log import PredictionLog
+from serving.validation import ApiError
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "service_unavailable",
+}
+
+
+class Database:
+    """The Postgres engine, created and migrated on first use (never at import or start-up,
+    so the service starts and scores while Postgres is down). The service never starts the
+    embedded server itself: ``fraud serve`` does that before starting gunicorn."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = pgserver.database_url(settings, start=False)
+        self._engine: Any = None
+        self._lock = threading.Lock()
+
+    def engine(self) -> Any:
+        """A migrated engine; raises :class:`fraud_lib.errors.DatabaseError` if unreachable."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    engine = store.make_engine(self.url)
+                    store.migrate(engine)
+                    self._engine = engine
+        return self._engine
+
+
+class ServiceState:
+    """Everything one app instance owns; ``app.extensions["fraudloop"]``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.db = Database(settings)
+        self.holder = ModelHolder(settings, self.metrics)
+        self.log = PredictionLog(settings, self.metrics, self.db.engine)
+        self.dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+        self._closed = False
+
+    def start(self) -> None:
+        self.log.start()
+        self.holder.start()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop polling and drain the prediction log (idempotent); True if fully drained."""
+        if self._closed:
+            return True
+        self._closed = True
+        self.holder.close()
+        return self.log.close(timeout)
+
+
+def _error(status: int, code: str, message: str, fields: dict[str, str] | None = None) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "fields": fields or {}}})
+    response.status_code = status
+    return response
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> Response:
+        return _error(exc.status, exc.code, exc.message, exc.fields)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        message = exc.description or exc.name
+        if status == 413:
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            message = (
+                f"the request body is larger than {limit} bytes (FRAUD_MAX_BODY_BYTES); "
+                "send smaller batches"
+            )
+        response = _error(status, _HTTP_CODES.get(status, "http_error"), message)
+        if status == 405 and exc.get_headers():
+            for key, value in exc.get_headers():
+                if key.lower() == "allow":
+                    response.headers["Allow"] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error(
+            500,
+            "internal_error",
+            f"internal error; the server log has the details (request id {g.get('request_id')})",
+        )
+
+
+def _register_request_metrics(app: Flask, metrics: Metrics) -> None:
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+        rid = request.headers.get("X-Request-ID", "")
+        g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+
+    @app.after_request
+    def record(response: Response) -> Response:
+        started = g.get("started")
+        if started is not None:
+            rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            status = str(response.status_code)
+            metrics.requests.labels(rule, request.method, status).inc()
+            metrics.latency.labels(rule, status).observe(time.perf_counter() - started)
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+
+def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask:
+    """Build the app. ``settings`` default: :meth:`Settings.from_env`. With ``start`` (the
+    default) the champion is loaded and the background threads run before this returns."""
+    from serving import api, ops
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["FRAUD_SETTINGS"] = settings
+    state = ServiceState(settings)
+    app.extensions["fraudloop"] = state
+    _register_errors(app)
+    _register_request_metrics(app, state.metrics)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(ops.bp)
+    if start:
+        state.start()
+        atexit.register(state.close)
+    return app

@@ -1,0 +1,327 @@
+"""Request parsing and validation for /v1/score and /v1/labels.
+
+Every problem becomes an :class:`ApiError` (400/413/415) with field-level messages keyed like
+``transactions[3].V4``; nothing a client sends can produce a 500. Transactions are checked
+against the schema of the model that will score them. A batch of clean records takes a
+vectorised path (one type scan and one float64 matrix for the whole batch); only a batch with
+a problem goes through the per-record checks, which name each bad field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import chain
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+from flask import Request
+
+from fraud_lib.schema import FeatureSchema
+
+MAX_ID_LENGTH = 200
+MAX_FIELD_ERRORS = 50
+JSON_TYPES = ("application/json",)
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message", "fields"}}`` with ``status``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, fields: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields or {}
+
+
+def _reject_constant(token: str) -> None:
+    raise ValueError(f"{token} is not valid JSON; send finite numbers only")
+
+
+def parse_json(request: Request) -> Any:
+    """The request body as JSON: 415 unless the content type is JSON, 400 if malformed or
+    holding NaN/Infinity tokens (Python's json accepts them; JSON does not)."""
+    mimetype = request.mimetype or ""
+    if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the body as JSON with Content-Type: application/json (got {mimetype or 'none'!r})",
+        )
+    body = request.get_data(cache=False)  # 413 from MAX_CONTENT_LENGTH is raised here
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
+
+
+def _bad_fields(errors: dict[str, str], what: str) -> ApiError:
+    shown = dict(list(errors.items())[:MAX_FIELD_ERRORS])
+    more = len(errors) - len(shown)
+    suffix = f" (first {len(shown)} of {len(errors)} shown)" if more else ""
+    return ApiError(400, "invalid_input", f"{what} failed validation{suffix}", shown)
+
+
+def _list_payload(payload: Any, key: str, max_items: int, item: str) -> list[Any]:
+    """The non-empty list under ``key`` of an object holding nothing else."""
+    extra = [k for k in payload if k != key]
+    if extra:
+        raise _bad_fields(
+            {str(k): f"unknown field; a {item} batch holds only {key!r}" for k in extra},
+            "the request",
+        )
+    items = payload[key]
+    if not isinstance(items, list) or not items:
+        raise ApiError(
+            400,
+            "invalid_input",
+            f"{key!r} must be a non-empty list",
+            {key: "must be a non-empty list"},
+        )
+    if len(items) > max_items:
+        raise ApiError(
+            413,
+            "batch_too_large",
+            f"{len(items)} {key} in one request; the maximum is {max_items} "
+            "(FRAUD_MAX_BATCH): split the batch",
+        )
+    return items
+
+
+def _id_error(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return "must be a string"
+    if isinstance(value, str) and not 0 < len(value) <= MAX_ID_LENGTH:
+        return f"must be 1 to {MAX_ID_LENGTH} characters"
+    return None
+
+
+def _number_error(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be a number, got {type(value).__name__}"
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        finite = False
+    return None if finite else "must be a finite number"
+
+
+# ---------------------------------------------------------------------------- transactions
+@dataclass
+class Transactions:
+    """A validated /v1/score request."""
+
+    batch: bool
+    ids: list[str | None]  # None: generate one
+    event_times: list[float | None]
+    X: np.ndarray | None = None  # float64, schema.features order (numeric-only schemas)
+    records: list[dict[str, Any]] | None = None  # validated records (schemas with categoricals)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _fast_matrix(items: list[Any], schema: FeatureSchema) -> np.ndarray | None:
+    """A float64 matrix of a clean batch in one pass, or None if any record has a problem
+    (the caller then names it field by field)."""
+    features = schema.features
+    width = len(features)
+    extras = {"transaction_id", "event_time", schema.time, schema.label, schema.id} - {None}
+    get = itemgetter(*features)
+    rows = []
+    try:
+        for rec in items:
+            if type(rec) is not dict:
+                return None
+            values = get(rec)  # KeyError: a feature is missing
+            # every feature is present, so any key beyond them and the allowed extras is unknown
+            if len(rec) != width and len(rec) != width + len(rec.keys() & extras):
+                return None
+            rows.append(values if width > 1 else (values,))
+    except KeyError:
+        return None
+    if not set(map(type, chain.from_iterable(rows))) <= {float, int}:
+        return None
+    try:
+        X = np.array(rows, dtype=np.float64)
+    except OverflowError:
+        return None
+    return X if np.isfinite(X).all() else None
+
+
+def _fast_extras(
+    items: list[dict[str, Any]], schema: FeatureSchema
+) -> tuple[list[str | None], list[float | None]] | None:
+    """transaction ids and event times of a batch whose records are all dicts, or None if any
+    of them has a problem (wrong type, length, duplicate, non-finite time)."""
+    ids = [rec.get("transaction_id") for rec in items]
+    if not set(map(type, ids)) <= {str, type(None)}:
+        return None
+    present = [t for t in ids if t is not None]
+    lengths = set(map(len, present))
+    if len(set(present)) != len(present) or 0 in lengths or max(lengths, default=0) > MAX_ID_LENGTH:
+        return None
+    events: list[float | None] = []
+    for key in (schema.time, "event_time"):  # event_time, when given, wins
+        values = [rec.get(key) for rec in items]
+        kinds = set(map(type, values))
+        if not kinds <= {float, int, type(None)}:
+            return None
+        if kinds == {type(None)}:
+            continue
+        try:
+            arr = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        except OverflowError:
+            return None
+        if np.isinf(arr).any():
+            return None
+        events = [v if v is not None else (events[i] if events else None)
+                  for i, v in enumerate(np.where(np.isnan(arr), None, arr).tolist())]  # fmt: skip
+    return ids, events or [None] * len(items)
+
+
+def _validate_record(schema: FeatureSchema, rec: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    try:
+        return schema.validate_record(rec)
+    except OverflowError:  # integers beyond float range: report them as non-finite
+        huge = {k for k, v in rec.items() if isinstance(v, int) and _number_error(v)}
+        return schema.validate_record({**rec, **dict.fromkeys(huge, math.inf)})
+
+
+def _extras(
+    schema: FeatureSchema, rec: Mapping[str, Any], errors: dict[str, str]
+) -> tuple[str | None, float | None]:
+    """transaction_id and event time of a record (event_time, else the schema's time column)."""
+    tx = rec.get("transaction_id")
+    if tx is not None and (err := _id_error(tx)):
+        errors["transaction_id"] = err
+        tx = None
+    event = None
+    for key in ("event_time", schema.time):
+        if key in rec and rec[key] is not None:
+            if err := _number_error(rec[key]):
+                errors[key] = err
+            elif event is None:
+                event = float(rec[key])
+    return (None if tx is None else str(tx)), event
+
+
+def validate_transactions(payload: Any, schema: FeatureSchema, max_batch: int) -> Transactions:
+    """One transaction object or ``{"transactions": [...]}`` checked against ``schema``."""
+    if not isinstance(payload, dict):
+        raise ApiError(
+            400,
+            "invalid_input",
+            'send one transaction as a JSON object, or a batch as {"transactions": [...]}',
+        )
+    batch = "transactions" in payload
+    items = (
+        _list_payload(payload, "transactions", max_batch, "transactions") if batch else [payload]
+    )
+    X = _fast_matrix(items, schema) if not schema.categorical else None
+    if X is not None and (extras := _fast_extras(items, schema)) is not None:
+        return Transactions(batch=batch, ids=extras[0], event_times=extras[1], X=X)
+    errors: dict[str, str] = {}
+    records: list[dict[str, Any]] = []
+    ids: list[str | None] = []
+    events: list[float | None] = []
+    first_seen: dict[str, int] = {}
+    for i, rec in enumerate(items):
+        prefix = f"transactions[{i}]" if batch else ""
+        if X is not None:
+            rec_errors: dict[str, str] = {}
+            clean: dict[str, Any] = {}
+        else:
+            clean, rec_errors = _validate_record(schema, rec)
+            if "" in rec_errors:  # not an object
+                errors[prefix or "body"] = rec_errors[""]
+                ids.append(None)
+                events.append(None)
+                continue
+        tx, event = _extras(schema, rec, rec_errors)
+        if tx is not None:
+            if tx in first_seen:
+                rec_errors["transaction_id"] = (
+                    f"duplicate of transactions[{first_seen[tx]}].transaction_id {tx!r}"
+                )
+            first_seen.setdefault(tx, i)
+        for field, msg in rec_errors.items():
+            errors[f"{prefix}.{field}" if prefix else field] = msg
+        records.append(clean)
+        ids.append(tx)
+        events.append(event)
+    if errors:
+        raise _bad_fields(errors, "the batch" if batch else "the transaction")
+    out = Transactions(batch=batch, ids=ids, event_times=events)
+    if schema.categorical:
+        out.records = records
+    elif X is not None:
+        out.X = X
+    else:  # a clean batch that the fast path could not take (e.g. huge ints as floats)
+        out.X = np.array([[r[c] for c in schema.features] for r in records], dtype=np.float64)
+    return out
+
+
+# ---------------------------------------------------------------------------- labels
+LABEL_FIELDS = frozenset({"transaction_id", "label", "labeled_at"})
+
+
+def _timestamp(value: Any) -> tuple[datetime | None, str | None]:
+    if not isinstance(value, str):
+        return None, "must be an ISO-8601 timestamp string, e.g. 2024-05-01T12:00:00Z"
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        return None, "is not an ISO-8601 timestamp, e.g. 2024-05-01T12:00:00Z"
+    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)), None
+
+
+def validate_labels(payload: Any, max_batch: int) -> list[dict[str, Any]]:
+    """``{"labels": [{"transaction_id", "label": 0|1, "labeled_at"?}, ...]}`` as store rows."""
+    if not isinstance(payload, dict) or "labels" not in payload:
+        raise ApiError(
+            400,
+            "invalid_input",
+            'send {"labels": [{"transaction_id": "...", "label": 0 or 1}, ...]}',
+            {"labels": "missing"},
+        )
+    items = _list_payload(payload, "labels", max_batch, "labels")
+    errors: dict[str, str] = {}
+    rows = []
+    for i, item in enumerate(items):
+        prefix = f"labels[{i}]"
+        if not isinstance(item, dict):
+            errors[prefix] = "each label must be a JSON object"
+            continue
+        for key in item.keys() - LABEL_FIELDS:
+            errors[f"{prefix}.{key}"] = "unknown field; allowed: transaction_id, label, labeled_at"
+        tx = item.get("transaction_id")
+        if tx is None:
+            errors[f"{prefix}.transaction_id"] = "missing"
+        elif err := _id_error(tx):
+            errors[f"{prefix}.transaction_id"] = err
+        label = item.get("label")
+        if "label" not in item:
+            errors[f"{prefix}.label"] = "missing"
+        elif isinstance(label, bool) or label not in (0, 1) or not isinstance(label, int):
+            errors[f"{prefix}.label"] = "must be 0 or 1"
+        labeled_at = None
+        if item.get("labeled_at") is not None:
+            labeled_at, err = _timestamp(item["labeled_at"])
+            if err:
+                errors[f"{prefix}.labeled_at"] = err
+        rows.append(
+            {"transaction_id": str(tx), "label": label, "labeled_at": labeled_at, "source": "api"}
+        )
+    if errors:
+        raise _bad_fields(errors, "the labels")
+    return rows
