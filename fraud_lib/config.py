@@ -121,7 +121,7 @@ class Settings:
             min_frauds=_int(env, "FRAUD_MIN_FRAUDS", 20),
             initial_data=_get(env, "FRAUD_INITIAL_DATA", ""),
             drift_sample_rows=_int(env, "FRAUD_DRIFT_SAMPLE_ROWS", 20_000),
-            drift_share_threshold=_float(env, "FRAUD_DRIFT_SHARE_THRESHOLD", 0.25),
+            drift_share_threshold=_float(env, "FRAUD_DRIFT_SHARE_THRESHOLD", 0.05),
             score_shift_threshold=_float(env, "FRAUD_SCORE_SHIFT_THRESHOLD", 0.1),
         )
         if overrides:

@@ -70,7 +70,15 @@ labels = sa.Table(
 )
 
 # The usual model_events.event values (any lowercase word is accepted, e.g. "dry_run").
-MODEL_EVENTS = ("promoted", "rejected", "rolled_back", "registered", "conflict", "skipped")
+MODEL_EVENTS = (
+    "promoted",
+    "rejected",
+    "rolled_back",
+    "registered",
+    "conflict",
+    "skipped",
+    "dry_run",
+)
 
 model_events_table = sa.Table(
     "model_events",

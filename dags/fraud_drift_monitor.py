@@ -1,0 +1,108 @@
+"""
+### fraud_drift_monitor: daily drift check that can start a retraining
+
+Every day (00:00 UTC) the predictions the scoring service logged over the last `lookback_days`
+(labels are not needed) are compared with the champion's training reference:
+Evidently data drift of the features plus prediction drift of the score
+(`drift_reports/fraud_drift_monitor__<day>.html` + `.json`).
+
+When the share of drifted features reaches `FRAUD_DRIFT_SHARE_THRESHOLD` or the score PSI
+reaches `FRAUD_SCORE_SHIFT_THRESHOLD`, `emit_drift_event` succeeds and updates the
+`fraudloop_drift` asset, which starts `fraud_retrain`; otherwise it is skipped and no asset event
+is emitted. No champion yet, or no traffic in the lookback, skips the run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+# The same asset fraud_retrain is scheduled on (the integrity test checks that they agree).
+DRIFT_ASSET = Asset(name="fraudloop_drift", uri="fraudloop://drift/fraud-detector")
+
+
+@dag(
+    dag_id="fraud_drift_monitor",
+    schedule=CronTriggerTimetable("0 0 * * *", timezone="UTC", interval=timedelta(days=1)),
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=30),
+    tags=["fraudloop", "ml", "monitoring"],
+    default_args={
+        "owner": "fraudloop",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=5),
+    },
+    doc_md=__doc__,
+    params={
+        "lookback_days": Param(
+            1.0,
+            type="number",
+            minimum=0.0001,
+            maximum=60,
+            description="Compare the predictions scored in the last N days before the run's "
+            "interval end with the champion's training reference (0.01 = 15 minutes).",
+        ),
+    },
+)
+def fraud_drift_monitor() -> None:
+    @task
+    def compare_recent() -> dict[str, Any]:
+        from fraud_lib import cycle, store
+        from fraud_lib.config import Settings
+
+        ctx = get_current_context()
+        settings = Settings.from_env()
+        end = ctx.get("data_interval_end") or ctx["dag_run"].run_after
+        days = float(ctx["params"]["lookback_days"])
+        key = f"{cycle.run_key_for(end, 0).rsplit('_', 1)[0]}_{days:g}d"
+        try:
+            summary = cycle.drift_monitor(
+                settings, store.connect_store(settings), interval_end=end, days=days, run_key=key
+            )
+        except cycle.SkipRun as exc:
+            raise AirflowSkipException(str(exc)) from exc
+        psi = (summary.get("score_shift") or {}).get("psi")
+        print(
+            f"drift {'DETECTED' if summary['drift_detected'] else 'not detected'} in "
+            f"{summary['rows']['current']:,} predictions vs champion v"
+            f"{summary['champion_version']}: {summary['drifted_count']} features drifted "
+            f"{summary['drifted_columns']}, score PSI {psi}; report {summary['html_path']}"
+        )
+        keep = (
+            "drift_detected",
+            "reasons",
+            "drifted_share",
+            "drifted_columns",
+            "score_shift",
+            "champion_version",
+            "html_path",
+            "json_path",
+            "rows",
+        )
+        return {k: summary[k] for k in keep}
+
+    @task(outlets=[DRIFT_ASSET], retries=0)
+    def emit_drift_event(summary: dict[str, Any]) -> None:
+        if not summary["drift_detected"]:
+            raise AirflowSkipException("no drift above the thresholds: no asset event")
+        ctx = get_current_context()
+        ctx["outlet_events"][DRIFT_ASSET].extra = {
+            "reasons": summary["reasons"],
+            "drifted_share": summary["drifted_share"],
+            "score_psi": (summary.get("score_shift") or {}).get("psi"),
+            "champion_version": summary["champion_version"],
+            "report": summary["html_path"],
+        }
+        print(f"drift event emitted for {DRIFT_ASSET.uri}: {summary['reasons']}")
+
+    emit_drift_event(compare_recent())
+
+
+fraud_drift_monitor()

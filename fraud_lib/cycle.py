@@ -1,0 +1,615 @@
+"""The retraining cycle as plain functions: what the Airflow tasks and the CLI call.
+
+Steps (one Airflow task each): :func:`ingest_window` -> :func:`check_drift` ->
+:func:`train_challenger` -> :func:`evaluate` -> :func:`promote` -> :func:`notify_serving`;
+:func:`drift_monitor` is the daily check. Inputs and outputs are small (paths, versions,
+metrics), so they travel through XCom.
+
+**Two clocks.** A run selects logged predictions by *scoring* time (``scored_at`` in
+``[interval_end - train_days, interval_end)``, labels known by ``interval_end``), but splits them
+by *event* time (the schema's time column, e.g. ULB ``Time``): the evaluation slice is the last
+``eval_days * 86400`` seconds of event time, the challenger trains on everything before it. A
+replay that scores weeks of traffic within minutes therefore still gets a proper time split.
+
+**Re-running the same interval** (same ``run_key``: interval end + window length):
+the window parquet is rewritten with the same rows (labels known by the interval end; a label
+*changed* after the interval end drops its row, since its ``labeled_at`` moves); the drift report
+is rewritten identically (seeded sampling); no new model version is registered if one was
+already trained on the same window content with the same settings (tag
+``fraudloop.train_key``; the ``challenger`` alias is set on it again); and the recorded decision
+for that version and run is replayed instead of being taken again, so no second
+``model_events`` row and no second alias move. A dry run records an event every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from fraud_lib import registry, store
+from fraud_lib.config import Settings
+from fraud_lib.drift import drift_report
+from fraud_lib.errors import DataError, FraudError
+from fraud_lib.schema import FeatureSchema
+
+log = logging.getLogger(__name__)
+
+SECONDS_PER_DAY = 86_400
+ID = "transaction_id"
+TRAIN_KEY_TAG = registry.TAG + "train_key"
+RUN_KEY_TAG = registry.TAG + "run_key"
+SUMMARY_METRICS = ("average_precision", "roc_auc", "precision", "recall", "f1", "expected_cost")
+
+
+class SkipRun(FraudError):
+    """Nothing to do for this run (too few labels, no champion, ...); the message says why."""
+
+
+@dataclass
+class IngestResult:
+    """The labeled window of one run (``path`` is None when the run is skipped)."""
+
+    run_key: str
+    path: str | None
+    rows: int
+    frauds: int
+    logged_rows: int
+    initial_rows: int
+    dropped_incomplete: int
+    start: str
+    end: str
+    event_time: list[float | None]
+    digest: str
+    skipped: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_key_for(interval_end: datetime, train_days: int) -> str:
+    """Name of a run's window: its interval end (UTC) and length, e.g. ``20250106T000000Z_28d``."""
+    end = interval_end if interval_end.tzinfo else interval_end.replace(tzinfo=UTC)
+    return f"{end.astimezone(UTC):%Y%m%dT%H%M%SZ}_{int(train_days)}d"
+
+
+def _schema(settings: Settings) -> FeatureSchema:
+    return FeatureSchema.load(settings.schema_path)
+
+
+def _digest(df: pd.DataFrame) -> str:
+    hashed = pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
+    return hashlib.sha256(hashed + ",".join(df.columns).encode()).hexdigest()[:16]
+
+
+def _window_columns(schema: FeatureSchema) -> list[str]:
+    return [ID, schema.time, *schema.model_columns, schema.label, "score", "source"]
+
+
+def _from_log(logged: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """Labeled predictions (store layout) to the window layout; the time column falls back to
+    ``event_time`` when the features JSON does not carry it."""
+    missing = [c for c in schema.model_columns if c not in logged.columns]
+    if missing and len(logged):
+        raise DataError(
+            f"logged predictions lack feature(s) {missing}; the schema in use "
+            f"(FRAUD_SCHEMA={schema.time!r} ...) does not match what the service logs"
+        )
+    out = logged.reindex(columns=[ID, *schema.model_columns]).copy()
+    event_time = logged["event_time"] if "event_time" in logged else pd.Series(dtype=float)
+    if schema.time in logged.columns:
+        out[schema.time] = logged[schema.time].astype(float).fillna(event_time)
+    else:
+        out[schema.time] = event_time.astype(float)
+    out[schema.label] = logged["label"] if "label" in logged else pd.Series(dtype="int8")
+    out["score"] = logged["score"] if "score" in logged else float("nan")
+    out["source"] = "log"
+    return out
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def ingest_window(
+    settings: Settings,
+    engine: Engine,
+    *,
+    interval_end: datetime,
+    train_days: int,
+    run_key: str,
+) -> IngestResult:
+    """Labeled predictions of the run's window to ``state_dir/windows/{run_key}.parquet``.
+
+    Too few logged labels (rows or frauds below the settings) is a cold start: the
+    ``initial_data`` file is added when set. The result says ``skipped`` (and no file is
+    written) when the window is still too small.
+    """
+    schema = _schema(settings)
+    start = interval_end - timedelta(days=train_days)
+    logged = store.labeled_predictions(
+        engine, start=start, end=interval_end, labels_known_by=interval_end
+    )
+    window = _from_log(logged, schema)
+    n_logged = len(window)
+    cold = n_logged < settings.min_labeled_rows or (
+        int(window[schema.label].sum()) < settings.min_frauds
+    )
+    n_initial = 0
+    if cold and settings.initial_data:
+        from fraud_lib import data
+
+        initial = data.load_transactions(settings.initial_data, schema)
+        if ID not in initial:
+            initial[ID] = [f"initial-{i}" for i in range(len(initial))]
+        initial = initial[~initial[ID].astype(str).isin(set(window[ID]))]
+        initial = initial.assign(score=float("nan"), source="initial")
+        n_initial = len(initial)
+        log.info("cold start: adding %d rows from %s", n_initial, settings.initial_data)
+        window = pd.concat([window, initial.reindex(columns=window.columns)], ignore_index=True)
+    needed = [schema.time, *schema.model_columns, schema.label]
+    complete = window[needed].notna().all(axis=1)
+    dropped = int((~complete).sum())
+    if dropped:
+        log.warning("dropping %d window rows with a missing feature, time or label", dropped)
+    window = window.loc[complete, _window_columns(schema)]
+    window[ID] = window[ID].astype(str)
+    window[schema.label] = window[schema.label].astype("int8")
+    window = window.sort_values([schema.time, ID], kind="mergesort").reset_index(drop=True)
+    rows, frauds = len(window), int(window[schema.label].sum())
+    result = IngestResult(
+        run_key=run_key,
+        path=None,
+        rows=rows,
+        frauds=frauds,
+        logged_rows=n_logged,
+        initial_rows=n_initial,
+        dropped_incomplete=dropped,
+        start=start.isoformat(),
+        end=interval_end.isoformat(),
+        event_time=[
+            float(window[schema.time].min()) if rows else None,
+            float(window[schema.time].max()) if rows else None,
+        ],
+        digest=_digest(window),
+    )
+    if rows < settings.min_labeled_rows or frauds < settings.min_frauds:
+        result.skipped = (
+            f"too few labels: {rows:,} labeled rows with {frauds} frauds scored in "
+            f"[{start:%Y-%m-%d %H:%M}, {interval_end:%Y-%m-%d %H:%M}) with labels known by then; "
+            f"need {settings.min_labeled_rows:,} rows (FRAUD_MIN_LABELED_ROWS) and "
+            f"{settings.min_frauds} frauds (FRAUD_MIN_FRAUDS)"
+            + ("" if settings.initial_data else ", or set FRAUD_INITIAL_DATA for a cold start")
+        )
+        return result
+    path = settings.state_dir / "windows" / f"{run_key}.parquet"
+    _write_parquet(window, path)
+    result.path = str(path)
+    log.info("window %s: %d rows, %d frauds -> %s", run_key, rows, frauds, path)
+    return result
+
+
+def read_window(path: str | Path, schema: FeatureSchema) -> pd.DataFrame:
+    """A window parquet written by :func:`ingest_window`, validated against ``schema``."""
+    return schema.validate_frame(pd.read_parquet(path))
+
+
+def split_window(
+    df: pd.DataFrame, schema: FeatureSchema, eval_days: float
+) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """(train part, evaluation slice, cutoff): the slice is the last ``eval_days`` of event
+    time (``time > cutoff``), the train part everything up to the cutoff."""
+    cutoff = float(df[schema.time].max()) - eval_days * SECONDS_PER_DAY
+    later = df[schema.time] > cutoff
+    return df[~later], df[later], cutoff
+
+
+# ------------------------------------------------------------------------------ drift
+def _drift_vs_champion(
+    settings: Settings, champion: str, current: pd.DataFrame, *, name: str, label: str | None
+) -> dict[str, Any]:
+    """Drift of ``current`` vs the champion's training reference. The score is the champion's
+    own score on both sides (``current`` is re-scored, ~2 s for 300k rows): logged scores come
+    from whichever model served then, and comparing another model's scores with the
+    champion's reference would report a score shift right after every promotion."""
+    loaded = registry.load_version(settings, champion)
+    schema = loaded.schema
+    missing = [c for c in schema.model_columns if c not in current.columns]
+    if missing:
+        raise DataError(f"the traffic lacks the champion's feature(s) {missing}")
+    current = current.dropna(subset=schema.model_columns)
+    current = current.assign(score=loaded.score(current))
+    summary = drift_report(
+        registry.load_reference(settings, champion),
+        current,
+        list(schema.features),
+        categorical=list(schema.categorical),
+        out_dir=settings.reports_dir,
+        name=name,
+        sample_rows=settings.drift_sample_rows,
+        score_column="score",
+        label_column=label,
+        drift_share_threshold=settings.drift_share_threshold,
+        score_shift_threshold=settings.score_shift_threshold,
+    ).as_dict()
+    basis = f"champion v{champion} training reference (scores: champion v{champion} on both sides)"
+    summary.update(reference_basis=basis, champion_version=champion)
+    return summary
+
+
+def check_drift(settings: Settings, window_path: str | Path, run_key: str) -> dict[str, Any]:
+    """Evidently drift of the window vs the champion's training reference (HTML + JSON in
+    ``reports_dir``). Without a champion the window's older half (by event time) is the
+    reference, with the logged scores."""
+    schema = _schema(settings)
+    window = read_window(window_path, schema)
+    name = f"fraud_retrain__{run_key}"
+    champion = registry.alias_version(settings, registry.CHAMPION)
+    if champion is not None:
+        summary = _drift_vs_champion(settings, champion, window, name=name, label=schema.label)
+        return {**summary, "run_key": run_key}
+    later = window[schema.time] > float(window[schema.time].median())
+    if later.all() or not later.any():
+        raise SkipRun("no champion and a window too short in time to split for a drift check")
+    summary = drift_report(
+        window[~later],
+        window[later],
+        list(schema.features),
+        categorical=list(schema.categorical),
+        out_dir=settings.reports_dir,
+        name=name,
+        sample_rows=settings.drift_sample_rows,
+        label_column=schema.label,
+        drift_share_threshold=settings.drift_share_threshold,
+        score_shift_threshold=settings.score_shift_threshold,
+    ).as_dict()
+    basis = "no champion yet: older half of the window (by event time) vs newer half"
+    return {**summary, "reference_basis": basis, "champion_version": None, "run_key": run_key}
+
+
+def drift_monitor(
+    settings: Settings, engine: Engine, *, interval_end: datetime, days: float, run_key: str
+) -> dict[str, Any]:
+    """Recent logged predictions (no labels needed) vs the champion's reference."""
+    champion = registry.alias_version(settings, registry.CHAMPION)
+    if champion is None:
+        raise SkipRun("no champion yet: nothing to compare recent traffic with")
+    start = interval_end - timedelta(days=days)
+    recent = store.recent_predictions(engine, start=start, end=interval_end)
+    if recent.empty:
+        raise SkipRun(
+            f"no predictions scored in [{start:%Y-%m-%d %H:%M}, {interval_end:%Y-%m-%d %H:%M})"
+        )
+    name = f"fraud_drift_monitor__{run_key}"
+    summary = _drift_vs_champion(settings, champion, recent, name=name, label=None)
+    return {**summary, "start": start.isoformat(), "end": interval_end.isoformat()}
+
+
+# ------------------------------------------------------------------------------ training
+def _train_key(digest: str, **fields: Any) -> str:
+    text = json.dumps({"window": digest, **fields}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _existing_version(settings: Settings, train_key: str) -> Any | None:
+    c = registry.client(settings)
+    for mv in c.search_model_versions(f"name='{settings.model_name}'"):
+        if mv.tags.get(TRAIN_KEY_TAG) == train_key:
+            return mv
+    return None
+
+
+def train_challenger(
+    settings: Settings,
+    window_path: str | Path,
+    *,
+    eval_days: float,
+    model_type: str,
+    resample: str,
+    run_key: str = "",
+) -> dict[str, Any]:
+    """Train on the window minus its evaluation slice; register with alias ``challenger``.
+
+    Reuses (does not re-register) a version trained on the same window with the same options.
+    """
+    from fraud_lib.train import train_model
+
+    schema = _schema(settings)
+    window = read_window(window_path, schema)
+    train_part, eval_part, cutoff = split_window(window, schema, eval_days)
+    eval_frauds = int(eval_part[schema.label].sum())
+    if eval_frauds == 0 or train_part.empty:
+        raise SkipRun(
+            f"the evaluation slice (last {eval_days:g} days of event time: {len(eval_part):,} "
+            f"rows, {eval_frauds} frauds) or the training part ({len(train_part):,} rows) is "
+            "empty of frauds; use a longer window or wait for more labels"
+        )
+    key = _train_key(
+        _digest(window),
+        eval_days=eval_days,
+        model_type=model_type,
+        resample=resample,
+        threshold_rule=settings.threshold_rule,
+        schema=schema.to_dict(),
+    )
+    facts = {
+        "model_type": model_type,
+        "resample": resample,
+        "n_train": len(train_part),
+        "n_eval": len(eval_part),
+        "eval_frauds": eval_frauds,
+        "eval_cutoff_time": cutoff,
+        "train_key": key,
+    }
+    existing = _existing_version(settings, key)
+    c = registry.client(settings)
+    if existing is not None:
+        c.set_registered_model_alias(settings.model_name, registry.CHALLENGER, existing.version)
+        metrics = c.get_run(existing.run_id).data.metrics
+        log.info("re-run: version %s was already trained on this window", existing.version)
+        return {
+            "version": str(existing.version),
+            "run_id": existing.run_id,
+            "reused": True,
+            "metrics": {k: metrics.get(k) for k in (*SUMMARY_METRICS, "threshold")},
+            "train_seconds": metrics.get("train_seconds"),
+            **facts,
+        }
+    try:
+        result = train_model(
+            train_part,
+            schema,
+            model_type=model_type,
+            resample=resample,
+            test_fraction=0.0,
+            threshold_rule=settings.threshold_rule,
+            target_precision=settings.target_precision,
+            cost_false_negative=settings.cost_false_negative,
+            cost_false_positive=settings.cost_false_positive,
+            progress=log.info,
+        )
+    except DataError as exc:
+        raise SkipRun(f"cannot train on this window: {exc}") from exc
+    ref = registry.log_model(
+        result,
+        settings,
+        run_name=f"challenger-{run_key}" if run_key else None,
+        tags={RUN_KEY_TAG: run_key, TRAIN_KEY_TAG: key},
+        data_ref=str(window_path),
+    )
+    assert ref is not None
+    c.set_model_version_tag(settings.model_name, ref.version, TRAIN_KEY_TAG, key)
+    c.set_model_version_tag(settings.model_name, ref.version, RUN_KEY_TAG, run_key)
+    return {
+        "version": ref.version,
+        "run_id": ref.run_id,
+        "reused": False,
+        "metrics": {k: result.metrics.get(k) for k in (*SUMMARY_METRICS, "threshold")},
+        "train_seconds": result.train_seconds,
+        **facts,
+    }
+
+
+# ------------------------------------------------------------------------------ gate
+def evaluate(
+    settings: Settings,
+    window_path: str | Path,
+    challenger_version: str,
+    *,
+    eval_days: float,
+    min_improvement: float | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Champion and challenger on the window's evaluation slice; the decision, nothing moved.
+
+    The challenger never saw the slice (enforced by the registry). The champion may have, when
+    a window is re-evaluated with other options; ``details.champion_overlap_rows`` then counts
+    the slice rows at or before the champion's ``fit_end`` (its metrics are optimistic).
+    """
+    schema = _schema(settings)
+    _, eval_part, _ = split_window(read_window(window_path, schema), schema, eval_days)
+    decision = registry.evaluate_challenger(
+        settings, eval_part, challenger_version, min_improvement=min_improvement, force=force
+    ).as_dict()
+    champion = decision["champion_version"]
+    if champion is not None and champion != decision["challenger_version"]:
+        tags = registry.client(settings).get_model_version(settings.model_name, champion).tags
+        fit_end = float(tags.get(registry.TAG + "fit_end", "-inf"))
+        overlap = int((eval_part[schema.time] <= fit_end).sum())
+        if overlap:
+            decision["details"]["champion_overlap_rows"] = overlap
+    return decision
+
+
+def _recorded(
+    engine: Engine, settings: Settings, decision: dict[str, Any], run_key: str
+) -> dict[str, Any] | None:
+    """The decision already taken for this version in this run with the same options."""
+    for event in store.model_events(engine, settings.model_name, limit=500):
+        details = event.get("details") or {}
+        if (
+            event["run_id"] == run_key
+            and event["version"] == decision["challenger_version"]
+            and event["event"] in ("promoted", "rejected")
+            and details.get("details", {}).get("force") == decision["details"].get("force")
+            and details.get("details", {}).get("min_improvement")
+            == decision["details"].get("min_improvement")
+        ):
+            return details
+    return None
+
+
+def promote(
+    settings: Settings,
+    engine: Engine,
+    decision: dict[str, Any],
+    *,
+    dry_run: bool = False,
+    run_key: str = "",
+) -> dict[str, Any]:
+    """Apply an :func:`evaluate` decision (alias move compare-and-set + audit row); a decision
+    already recorded for the same run is returned with ``replayed=True`` instead."""
+    if not dry_run and run_key:
+        previous = _recorded(engine, settings, decision, run_key)
+        if previous is not None:
+            log.info("re-run of %s: replaying the recorded decision", run_key)
+            return {**previous, "replayed": True}
+    fields = {k: v for k, v in decision.items() if k in registry.Decision.__dataclass_fields__}
+    applied = registry.apply_decision(
+        settings, engine, registry.Decision(**fields), dry_run=dry_run, run_id=run_key or None
+    )
+    return {**applied.as_dict(), "replayed": False}
+
+
+def evaluate_and_promote(
+    settings: Settings,
+    engine: Engine,
+    window_path: str | Path,
+    challenger_version: str,
+    *,
+    eval_days: float,
+    min_improvement: float | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    run_id: str = "",
+) -> dict[str, Any]:
+    """:func:`evaluate` then :func:`promote` (for the CLI and notebooks)."""
+    decision = evaluate(
+        settings,
+        window_path,
+        challenger_version,
+        eval_days=eval_days,
+        min_improvement=min_improvement,
+        force=force,
+    )
+    return promote(settings, engine, decision, dry_run=dry_run, run_key=run_id)
+
+
+def notify_serving(settings: Settings, timeout: float = 5.0) -> bool:
+    """POST ``/admin/reload`` to the scoring service; any failure is a warning, never an error
+    (workers poll the alias anyway)."""
+    import requests
+
+    url = settings.scoring_url.rstrip("/") + "/admin/reload"
+    headers = {"Authorization": f"Bearer {settings.admin_token}"} if settings.admin_token else {}
+    try:
+        response = requests.post(url, headers=headers, timeout=timeout)
+    except requests.RequestException as exc:
+        log.warning("reload hint to %s failed (workers will poll the alias): %s", url, exc)
+        return False
+    if not response.ok:
+        log.warning(
+            "reload hint to %s answered %s: %s", url, response.status_code, response.text[:200]
+        )
+        return False
+    log.info("reload hint sent to %s", url)
+    return True
+
+
+# ------------------------------------------------------------------------------ reporting
+def log_to_run(
+    settings: Settings,
+    run_key: str,
+    *,
+    metrics: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+    artifacts: tuple[str | Path, ...] = (),
+    artifact_dir: str | None = None,
+    finish: bool = False,
+) -> str:
+    """Log to the MLflow run of this retraining run (one per ``run_key``, created on first
+    use, reused by re-runs); returns its run id. Metrics that are None/NaN are left out."""
+    from mlflow.entities import Metric, RunTag
+
+    experiment_id = registry.ensure_experiment(settings)
+    c = registry.client(settings)
+    found = c.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`fraudloop.kind` = 'retrain'",
+        max_results=1,
+    )
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        tags0 = {RUN_KEY_TAG: run_key, "fraudloop.kind": "retrain"}
+        run_id = c.create_run(experiment_id, tags=tags0, run_name=f"retrain-{run_key}").info.run_id
+    now = int(time.time() * 1000)
+    good = {
+        k: float(v)
+        for k, v in (metrics or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    c.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in good.items()],
+        tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
+    )
+    for path in artifacts:
+        c.log_artifact(run_id, str(path), artifact_path=artifact_dir)
+    if finish:
+        c.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def format_summary(
+    decision: dict[str, Any],
+    *,
+    drift: dict[str, Any] | None = None,
+    ingest: dict[str, Any] | None = None,
+) -> str:
+    """The run summary people read in the task log: metrics side by side, decision, report."""
+    ch = decision.get("challenger_metrics") or {}
+    champ = decision.get("champion_metrics") or {}
+    left = f"challenger v{decision.get('challenger_version')}"
+    right = (
+        f"champion v{decision['champion_version']}"
+        if decision.get("champion_version")
+        else "champion"
+    )
+    lines = ["fraud_retrain summary"]
+    if ingest:
+        lines.append(
+            f"window {ingest['run_key']}: {ingest['rows']:,} labeled rows, {ingest['frauds']} "
+            f"frauds ({ingest['initial_rows']:,} from the initial data file)"
+        )
+    lines.append(
+        f"evaluation slice: {decision.get('n_eval', 0):,} rows, "
+        f"{decision.get('n_eval_fraud', 0)} frauds (the challenger never trained on it)"
+    )
+    lines.append(f"{'metric':<20}{left:>18}{right:>18}")
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+    for name in SUMMARY_METRICS:
+        lines.append(f"{name:<20}{fmt(ch.get(name)):>18}{fmt(champ.get(name)):>18}")
+    overlap = (decision.get("details") or {}).get("champion_overlap_rows")
+    if overlap:
+        lines.append(
+            f"note: the champion trained on {overlap:,} of these rows (optimistic metrics)"
+        )
+    replay = " (replayed from the first run of this interval)" if decision.get("replayed") else ""
+    lines.append(f"decision: {decision.get('event')}{replay} - {decision.get('reason')}")
+    if drift:
+        verdict = "DRIFT" if drift.get("drift_detected") else "no drift"
+        psi = (drift.get("score_shift") or {}).get("psi")
+        lines.append(
+            f"drift: {verdict}; {drift.get('drifted_count')}/{len(drift.get('columns', []))} "
+            f"features drifted {drift.get('drifted_columns')}, score PSI "
+            f"{'-' if psi is None else f'{psi:.3f}'}; vs {drift.get('reference_basis')}"
+        )
+        lines.append(f"report: {drift.get('html_path')}")
+    return "\n".join(lines)

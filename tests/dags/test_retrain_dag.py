@@ -1,0 +1,343 @@
+"""System tests: ``dag.test()`` runs of fraud_retrain and fraud_drift_monitor against the session's
+real Postgres and a real MLflow store (SQLite, temp dir), seeded with generated traffic.
+
+Two worlds, each with its own MLflow store, model name and scoring-time range in Postgres:
+
+* ``stable``: the champion was trained on days 0-9; 14 more days of the same process are logged.
+* ``drifted``: same champion recipe; the 14 logged days follow the ``new_pattern`` scenario (65 %
+  of frauds use a V4/V12/V20 pattern the champion never saw, V4 and V12 shift for every row).
+
+Predictions are logged with the champion's scores at ``scored_at`` = the interval end minus
+14 days plus the event time offset; labels are known at scoring time. The tests run in file
+order (monitor before retraining, since a promotion changes the drifted world's reference).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from fraud_lib import cycle, registry, store
+from fraud_lib.config import Settings
+from fraud_lib.data import generate
+from fraud_lib.features import predict_scores
+from fraud_lib.schema import FeatureSchema
+from fraud_lib.train import train_model
+from tests.dags.conftest import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
+
+pytestmark = [pytest.mark.slow, *AIRFLOW_WARNING_FILTERS]
+
+SCHEMA = FeatureSchema()
+ROWS_PER_DAY = 3000
+HISTORY_DAYS, TRAFFIC_DAYS = 10, 14
+CONF = {"train_window_days": 14, "eval_window_days": 3}
+
+
+@dataclass
+class World:
+    settings: Settings
+    end: datetime
+    champion: str
+
+
+def _world_settings(tmp: Path, pg_url: str, name: str, **overrides: Any) -> Settings:
+    return Settings.from_env(
+        {},
+        state_dir=tmp / "state",
+        database_url=pg_url,
+        mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+        mlflow_artifact_dir=tmp / "mlartifacts",
+        reports_dir=tmp / "reports",
+        spool_dir=tmp / "spool",
+        model_name=f"fraud-{name}",
+        scoring_url="http://127.0.0.1:9",  # nothing listens: the reload hint fails softly
+        min_labeled_rows=5000,
+        min_frauds=20,
+        drift_sample_rows=5000,
+        # 2 of 29 features (V4, V12 in new_pattern) moving >= 0.1 sd is drift here.
+        drift_share_threshold=0.05,
+        **overrides,
+    )
+
+
+def _seed(settings: Settings, engine: Any, *, scenario: str, seed: int, end: datetime) -> str:
+    history = SCHEMA.validate_frame(
+        generate(HISTORY_DAYS, rows_per_day=ROWS_PER_DAY, seed=seed, fraud_rate=0.005)
+    )
+    trained = train_model(history, SCHEMA, test_fraction=0.2)
+    champion = registry.log_model(trained, settings)
+    held_out = history[history[SCHEMA.time] > trained.time_range["fit_end"]]
+    first = registry.promote_if_better(settings, engine, held_out, champion.version)
+    assert first.event == "promoted", first.reason
+
+    traffic = generate(
+        TRAFFIC_DAYS,
+        rows_per_day=ROWS_PER_DAY,
+        seed=seed + 1,
+        fraud_rate=0.005,
+        scenario=scenario,
+        drift_start_day=HISTORY_DAYS,
+        start_day=HISTORY_DAYS,
+        label_delay_days=0,
+    )
+    traffic = SCHEMA.validate_frame(traffic)
+    scores = predict_scores(trained.model, traffic, SCHEMA)
+    offset = traffic[SCHEMA.time] - HISTORY_DAYS * 86_400
+    scored_at = end - timedelta(days=TRAFFIC_DAYS) + pd.to_timedelta(offset, unit="s")
+    features = traffic[[SCHEMA.time, *SCHEMA.features]].to_dict("records")
+    rows = [
+        {
+            "prediction_id": f"p-{tx}",
+            "transaction_id": tx,
+            "scored_at": at.to_pydatetime(),
+            "event_time": feats[SCHEMA.time],
+            "features": feats,
+            "score": float(score),
+            "is_fraud": bool(score >= trained.threshold),
+            "threshold": trained.threshold,
+            "risk_level": "low",
+            "model_name": settings.model_name,
+            "model_version": champion.version,
+        }
+        for tx, at, feats, score in zip(
+            traffic["transaction_id"], scored_at, features, scores, strict=True
+        )
+    ]
+    for i in range(0, len(rows), 10_000):
+        store.insert_predictions(engine, rows[i : i + 10_000])
+    store.upsert_labels(
+        engine,
+        [
+            {
+                "transaction_id": r["transaction_id"],
+                "label": int(y),
+                "labeled_at": r["scored_at"],
+                "source": "test",
+            }
+            for r, y in zip(rows, traffic[SCHEMA.label], strict=True)
+        ],
+    )
+    return champion.version
+
+
+@pytest.fixture(scope="module")
+def engine(pg_url: str, airflow_db: Path):
+    """The session's Postgres, emptied once for this module (the worlds live in it)."""
+    engine = store.make_engine(pg_url)
+    store.migrate(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE predictions, labels, model_events RESTART IDENTITY")
+    return engine
+
+
+@pytest.fixture(scope="module")
+def stable(tmp_path_factory, pg_url, engine) -> World:
+    # Floors low enough that a weak challenger is judged by the margin, not by a floor.
+    settings = _world_settings(
+        tmp_path_factory.mktemp("stable"),
+        pg_url,
+        "stable",
+        min_average_precision=0.01,
+        min_roc_auc=0.5,
+    )
+    end = datetime(2025, 3, 3, tzinfo=UTC)
+    return World(settings, end, _seed(settings, engine, scenario="none", seed=21, end=end))
+
+
+@pytest.fixture(scope="module")
+def drifted(tmp_path_factory, pg_url, engine) -> World:
+    settings = _world_settings(tmp_path_factory.mktemp("drifted"), pg_url, "drifted")
+    end = datetime(2025, 6, 2, tzinfo=UTC)
+    return World(settings, end, _seed(settings, engine, scenario="new_pattern", seed=31, end=end))
+
+
+def _run(monkeypatch, world: World, dag_id: str, *, conf=None, at=None):
+    """One dag.test() run with the world's settings in the environment; (run, {task: state}).
+
+    The DAG is loaded afresh for every run: in-process task runs write the run's conf into the
+    task objects' params, so a reused DAG object would leak one run's Params into the next.
+    """
+    from airflow.dag_processing.dagbag import DagBag
+
+    for key, value in settings_env(world.settings).items():
+        monkeypatch.setenv(key, value)
+    dag = DagBag(dag_folder=str(DAGS_FOLDER / f"{dag_id}.py")).dags[dag_id]
+    run = dag.test(logical_date=at or world.end, run_conf=conf or {})
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    return run, states
+
+
+def _xcom(run, task_id: str) -> Any:
+    from airflow import settings as airflow_settings
+    from airflow.models.xcom import XComModel
+
+    with airflow_settings.Session() as session:
+        query = XComModel.get_many(
+            run_id=run.run_id, dag_ids=run.dag_id, task_ids=task_id, key="return_value"
+        )
+        row = session.scalars(query).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def _asset_events(run) -> list[Any]:
+    from airflow import settings as airflow_settings
+    from airflow.models.asset import AssetEvent
+    from sqlalchemy import select
+
+    with airflow_settings.Session() as session:
+        query = select(AssetEvent).where(AssetEvent.source_run_id == run.run_id)
+        return [(e.source_task_id, e.extra) for e in session.scalars(query)]
+
+
+def _events(engine, world: World) -> list[dict[str, Any]]:
+    return store.model_events(engine, world.settings.model_name)
+
+
+# ------------------------------------------------------------------------------ monitor
+def test_monitor_without_drift_emits_no_asset_event(monkeypatch, stable):
+    run, states = _run(monkeypatch, stable, "fraud_drift_monitor")
+    assert states == {"compare_recent": "success", "emit_drift_event": "skipped"}
+    summary = _xcom(run, "compare_recent")
+    assert summary["drift_detected"] is False and summary["drifted_columns"] == []
+    assert summary["rows"]["current"] > 2000  # the last day of logged traffic
+    assert Path(summary["html_path"]).stat().st_size > 1_000_000
+    assert _asset_events(run) == []
+
+
+def test_monitor_with_drift_emits_the_asset_event(monkeypatch, drifted):
+    assert registry.alias_version(drifted.settings) == drifted.champion
+    run, states = _run(monkeypatch, drifted, "fraud_drift_monitor")
+    assert states == {"compare_recent": "success", "emit_drift_event": "success"}
+    summary = _xcom(run, "compare_recent")
+    assert summary["drift_detected"] is True
+    assert {"V4", "V12"} <= set(summary["drifted_columns"])
+    events = _asset_events(run)
+    assert len(events) == 1 and events[0][0] == "emit_drift_event"
+    assert events[0][1]["champion_version"] == drifted.champion
+    assert events[0][1]["report"] == summary["html_path"]
+
+
+# ------------------------------------------------------------------------------ retraining
+def test_no_drift_writes_report_and_rejects_a_challenger_that_is_not_better(
+    monkeypatch, engine, stable
+):
+    # A logistic regression cannot see the V3/V10 interaction behind the classic fraud pattern.
+    conf = {**CONF, "model_type": "lr"}
+    run, states = _run(monkeypatch, stable, "fraud_retrain", conf=conf)
+    assert states == {
+        "ingest_labeled": "success",
+        "check_drift": "success",
+        "train_challenger": "success",
+        "evaluate": "success",
+        "promote": "success",
+        "notify_serving": "skipped",
+    }
+    window = _xcom(run, "ingest_labeled")
+    assert window["rows"] == TRAFFIC_DAYS * ROWS_PER_DAY and window["initial_rows"] == 0
+    drift = _xcom(run, "check_drift")
+    assert drift["drift_detected"] is False
+    report = json.loads(Path(drift["json_path"]).read_text())
+    assert report["rows"]["current_used"] == 5000 and "sample" in report["sampling"]
+    assert Path(drift["html_path"]).exists()
+    outcome = _xcom(run, "promote")
+    assert outcome["event"] == "rejected" and "does not beat champion" in outcome["reason"]
+    assert registry.alias_version(stable.settings) == stable.champion
+    assert _events(engine, stable)[0]["event"] == "rejected"
+    decision = _xcom(run, "evaluate")
+    assert decision["champion_metrics"]["average_precision"] is not None
+    assert decision["n_eval"] < window["rows"] / 3  # the last 3 of 14 days, held out
+
+
+def test_new_pattern_drift_promotes_the_challenger(monkeypatch, engine, drifted):
+    run, states = _run(monkeypatch, drifted, "fraud_retrain", conf=CONF)
+    assert states["promote"] == "success" and states["notify_serving"] == "success"
+    drift = _xcom(run, "check_drift")
+    assert drift["drift_detected"] is True and {"V4", "V12"} <= set(drift["drifted_columns"])
+    challenger = _xcom(run, "train_challenger")
+    decision = _xcom(run, "promote")
+    assert decision["event"] == "promoted", decision["reason"]
+    assert registry.alias_version(drifted.settings) == challenger["version"] != drifted.champion
+    ev = _xcom(run, "evaluate")
+    assert (
+        ev["challenger_metrics"]["average_precision"]
+        > ev["champion_metrics"]["average_precision"] + 0.05
+    )
+    row = _events(engine, drifted)[0]
+    assert row["event"] == "promoted" and row["version"] == challenger["version"]
+    assert row["previous_version"] == drifted.champion
+    assert row["run_id"] == _xcom(run, "ingest_labeled")["run_key"]
+    assert _xcom(run, "notify_serving") is False  # nothing listens; a warning, not a failure
+    mlflow_run = registry.client(drifted.settings).search_runs(
+        [registry.ensure_experiment(drifted.settings)],
+        filter_string="tags.`fraudloop.kind` = 'retrain'",
+    )[0]
+    assert mlflow_run.data.tags["fraudloop.decision"] == "promoted"
+    assert "challenger.average_precision" in mlflow_run.data.metrics
+    artifacts = {
+        a.path
+        for a in registry.client(drifted.settings).list_artifacts(mlflow_run.info.run_id, "drift")
+    }
+    assert {Path(drift["html_path"]).name, Path(drift["json_path"]).name} <= {
+        Path(a).name for a in artifacts
+    }
+
+
+def test_rerunning_the_same_interval_is_idempotent(monkeypatch, engine, drifted):
+    client = registry.client(drifted.settings)
+    before = {
+        "versions": len(client.search_model_versions(f"name='{drifted.settings.model_name}'")),
+        "events": _events(engine, drifted),
+        "champion": registry.alias_version(drifted.settings),
+        "predictions": store.prediction_count(engine),
+    }
+    first_path = Path(drifted.settings.state_dir / "windows")
+    first_files = {p.name: pd.read_parquet(p) for p in first_path.glob("*.parquet")}
+    assert len(first_files) == 1
+
+    run, states = _run(monkeypatch, drifted, "fraud_retrain", conf=CONF)
+    assert states["promote"] == "success" and states["notify_serving"] == "skipped"
+    window = _xcom(run, "ingest_labeled")
+    assert Path(window["path"]).name in first_files
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(window["path"]), first_files[Path(window["path"]).name]
+    )
+    assert _xcom(run, "train_challenger")["reused"] is True
+    outcome = _xcom(run, "promote")
+    assert outcome["replayed"] is True and outcome["event"] == "promoted"
+    assert (
+        len(client.search_model_versions(f"name='{drifted.settings.model_name}'"))
+        == before["versions"]
+    )
+    assert _events(engine, drifted) == before["events"]
+    assert registry.alias_version(drifted.settings) == before["champion"]
+    assert store.prediction_count(engine) == before["predictions"]
+    assert len(list(first_path.glob("*"))) == 1  # no stray temp files
+
+
+def test_after_the_promotion_the_monitor_is_quiet_again(monkeypatch, drifted):
+    # The new champion's reference holds the drifted traffic, and the logged scores (from the
+    # old champion) are replaced by the new champion's: no spurious score shift.
+    run, states = _run(monkeypatch, drifted, "fraud_drift_monitor")
+    assert states == {"compare_recent": "success", "emit_drift_event": "skipped"}
+    summary = _xcom(run, "compare_recent")
+    assert summary["champion_version"] != drifted.champion
+    assert summary["drifted_columns"] == [] and summary["score_shift"]["psi"] < 0.05
+    assert _asset_events(run) == []
+
+
+def test_too_few_labels_skips_the_run_cleanly(monkeypatch, engine, stable):
+    events = _events(engine, stable)
+    early = stable.end - timedelta(days=TRAFFIC_DAYS - 1)  # one day of traffic logged by then
+    run, states = _run(monkeypatch, stable, "fraud_retrain", conf=CONF, at=early)
+    assert str(run.state) == "success"
+    assert set(states.values()) == {"skipped"}
+    assert _events(engine, stable) == events
+    assert not list(
+        (stable.settings.state_dir / "windows").glob(f"{cycle.run_key_for(early, 14)}*")
+    )
