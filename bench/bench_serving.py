@@ -1,0 +1,518 @@
+"""Serving benchmark (issue 5): one run measures the scoring service under gunicorn against a
+naive baseline, with logging to a real Postgres, and prints a table.
+
+    .venv/bin/python bench/bench_serving.py            # ~6 min on 2 cores
+    .venv/bin/python bench/bench_serving.py --quick    # shorter runs, smaller model data
+
+Everything runs on 127.0.0.1 and is started here: an embedded Postgres (temp dir, free port),
+a temp MLflow store, a model trained on generated data and promoted, gunicorn with 2 workers
+(this service, then the baseline of ``bench/baseline_app.py``), and a load generator of
+spawned processes (``bench/loadgen.py``; wrk is not installed). Everything started is stopped
+by pid at the end. Results: the table on stdout and ``bench/results/serving.json``.
+
+Phases: (1) single-transaction latency and throughput at 1 and 8 clients, service vs baseline,
+next to in-process ``predict_proba`` of one row (the floor); (2) one batch of 10,000; (3)
+prediction-log throughput into Postgres; (4) hot reload under load; (5) a 10 s Postgres outage
+under load; (6) SIGKILL of a worker under load; then the single-transaction runs again with
+the ``gthread`` worker class for comparison.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy/scikit-learn load (floor timings)
+
+import argparse
+import contextlib
+import json
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+
+from loadgen import build_request, run_load, single  # noqa: E402
+
+# fraud_lib (scikit-learn, MLflow) is imported inside the functions: the load generator's
+# spawned processes re-import this module and should stay small and quick to start.
+
+
+def say(msg: str) -> None:
+    print(f">> {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def summarize(rows: list[tuple], duration: float) -> dict[str, Any]:
+    ok = [r[1] for r in rows if r[2] == 200]
+    return {
+        "requests": len(rows),
+        "ok": len(ok),
+        "failed": len(rows) - len(ok),
+        "req_per_s": len(ok) / duration,
+        "p50_ms": pct(ok, 50) * 1000,
+        "p99_ms": pct(ok, 99) * 1000,
+    }
+
+
+class Gunicorn:
+    """One gunicorn master started here; stopped by its pid."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.log = name, log
+        with open(log, "wb") as fh:
+            self.proc = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT
+            )
+
+    def worker_class(self) -> str:
+        for line in self.log.read_text().splitlines():
+            if "Using worker:" in line:
+                return line.rsplit("Using worker:", 1)[1].strip()
+        return "?"
+
+    def workers(self) -> list[int]:
+        try:
+            return [int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+                    .read_text().split()]  # fmt: skip
+        except OSError:
+            return []
+
+    def wait_ready(self, port: int, probe: bytes, n_workers: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        good = 0
+        while time.monotonic() < deadline and good < 10:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                ok = single(port, probe, timeout=10)[0] == 200 and len(self.workers()) == n_workers
+            except OSError:
+                ok = False
+            good = good + 1 if ok else 0
+            time.sleep(0.1)
+        if good < 10:
+            raise RuntimeError(f"{self.name} not ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                for pid in self.workers():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+WORKER_CLASSES = {
+    "sync": {"FRAUD_WORKER_CLASS": "sync"},
+    "gthread": {"FRAUD_WORKER_CLASS": "gthread", "FRAUD_THREADS": "4"},
+}
+
+
+def gunicorn_argv(port: int, app: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf",
+            "-b", f"127.0.0.1:{port}", "-w", "2", *extra, app]  # fmt: skip
+
+
+def floor_timings(loaded: Any, X: np.ndarray, frame: Any) -> dict[str, float]:
+    """Median in-process time of one-row predictions (ms)."""
+    from serving.scoring import prepare
+
+    served = prepare(loaded)
+    clf = loaded.model.steps[-1][1]
+
+    def median_ms(fn: Any, n: int) -> float:
+        fn()
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            fn(i)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times) * 1000)
+
+    row_frames = [frame.iloc[[i]] for i in range(100)]
+    return {
+        "pipeline_dataframe_ms": median_ms(
+            lambda i=0: loaded.model.predict_proba(row_frames[i % 100]), 500
+        ),
+        "estimator_numpy_ms": median_ms(
+            lambda i=0: clf.predict_proba(X[i % 100 : i % 100 + 1]), 1000
+        ),
+        "service_predictor_ms": median_ms(
+            lambda i=0: served.score_matrix(X[i % 100 : i % 100 + 1]), 3000
+        ),
+        "service_predictor": served.predictor,
+        "n_trees": int(getattr(clf, "n_iter_", 0)),
+    }
+
+
+def metric_by_pid(url: str, name: str) -> dict[str, float]:
+    out = {}
+    for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + "{") and 'pid="' in line:
+            pid = line.split('pid="', 1)[1].split('"', 1)[0]
+            out[pid] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def metric_sum(url: str, name: str) -> float:
+    total = 0.0
+    for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_drain(engine: Any, ids: list[str], timeout: float = 180) -> float:
+    from fraud_lib import store
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if store.count_predictions_by_ids(engine, ids) == len(ids):
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    return float("nan")
+
+
+def truncate(engine: Any) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE predictions")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter phases, less training data")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--out", default=str(BENCH / "results" / "serving.json"))
+    args = parser.parse_args()
+    from fraud_lib import pgserver, registry, store
+    from fraud_lib.config import Settings
+    from fraud_lib.data import generate
+    from fraud_lib.schema import FeatureSchema
+    from fraud_lib.train import train_model
+
+    schema = FeatureSchema()
+    dur = 5.0 if args.quick else 10.0
+    days, per_day = (5, 6000) if args.quick else (10, 10_000)
+
+    tmp = Path(tempfile.mkdtemp(prefix="fraudloop-bench-"))
+    tmp.chmod(0o755)
+    pg = pgserver.EmbeddedPostgres(tmp / "pg", pgserver.free_port())
+    services: list[Gunicorn] = []
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}
+    }
+    try:
+        say(f"starting Postgres in {tmp}")
+        pg.ensure_running()
+        settings = Settings.from_env(
+            {}, state_dir=tmp / "state", database_url=pg.url,
+            mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db", mlflow_artifact_dir=tmp / "mlartifacts",
+            spool_dir=tmp / "spool",
+        )  # fmt: skip
+        engine = store.connect_store(settings)
+        say(f"training on {days} days x {per_day} generated rows")
+        history = schema.validate_frame(
+            generate(days, rows_per_day=per_day, seed=7, fraud_rate=0.004)
+        )
+        result = train_model(history, schema)
+        v1 = registry.log_model(result, settings, run_name="bench-v1")
+        v2 = registry.log_model(result, settings, run_name="bench-v2")
+        assert v1 is not None and v2 is not None
+        registry.client(settings).set_registered_model_alias(
+            settings.model_name, "champion", v1.version
+        )
+        loaded = registry.load_version(settings, v1.version)
+
+        later = generate(1, rows_per_day=12_000, seed=8, start_day=days)
+        later = later.drop(columns=["Class", "label_delay_seconds"])
+        records = later.to_dict("records")
+        frame = later[schema.model_columns]
+        X = frame.to_numpy()
+        results["model"] = {"rows": len(history), **floor_timings(loaded, X, frame)}
+        say(f"floor: {results['model']}")
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "PROMETHEUS_"))}
+        env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), FRAUD_STATE_DIR=str(tmp / "state"),
+                   FRAUD_DATABASE_URL=pg.url, MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri,
+                   FRAUD_MLFLOW_ARTIFACTS=str(settings.mlflow_artifact_dir),
+                   FRAUD_SPOOL_DIR=str(settings.spool_dir))  # fmt: skip
+
+        def single_phase(port: int, label: str) -> dict[str, Any]:
+            reqs = [build_request(port, "/v1/score", json.dumps(r).encode()) for r in records[:500]]
+            run_load(port, reqs, clients=args.clients, duration=2)  # warm-up
+            one = summarize(run_load(port, reqs, clients=1, duration=dur / 2, processes=1), dur / 2)
+            many = summarize(run_load(port, reqs, clients=args.clients, duration=dur), dur)
+            say(f"{label}: 1 client {one}; {args.clients} clients {many}")
+            return {"one_client": one, "clients": many}
+
+        # ---------------------------------------------------------------- (1) single transactions
+        bundle = tmp / "baseline.pkl"
+        bundle.write_bytes(pickle.dumps({"model": loaded.model, "columns": schema.model_columns,
+                                         "threshold": loaded.threshold}))  # fmt: skip
+        base_env = {
+            **env,
+            "BASELINE_MODEL": str(bundle),
+            "BASELINE_DB": pg.url.replace("+psycopg", ""),
+        }
+
+        def start(
+            name: str, app: str, extra_env: dict[str, str], *extra: str
+        ) -> tuple[Gunicorn, int]:
+            port = pgserver.free_port()
+            service = Gunicorn(name, gunicorn_argv(port, app, *extra), {**env, **extra_env},
+                               tmp / f"{name}.log")  # fmt: skip
+            services.append(service)
+            service.wait_ready(
+                port, build_request(port, "/v1/score", json.dumps(records[0]).encode()), 2
+            )
+            return service, port
+
+        results["single"] = {}
+        for cls, cls_env in WORKER_CLASSES.items():
+            for kind, app, extra_env, extra in (
+                ("baseline", "baseline_app:app", base_env, ("--pythonpath", str(BENCH))),
+                ("service", "serving.wsgi:app", {}, ()),
+            ):
+                name = f"{kind}_{cls}"
+                service, port = start(name, app, {**extra_env, **cls_env}, *extra)
+                results["single"][name] = single_phase(port, name)
+                service.stop()
+                truncate(engine)
+
+        # the service with the configuration's default worker class, for phases 2-6
+        svc, port = start("service", "serving.wsgi:app", {})
+        url = f"http://127.0.0.1:{port}"
+        results["default_worker_class"] = svc.worker_class()
+
+        # ---------------------------------------------------------------- (2) batch of 10,000
+        body = json.dumps({"transactions": records[:10_000]}).encode()
+        batch_req = build_request(port, "/v1/score", body)
+        lat = []
+        for _ in range(6 if args.quick else 11):
+            status, seconds, _ = single(port, batch_req)
+            assert status == 200, status
+            lat.append(seconds)
+        lat = lat[1:]
+        results["batch_10k"] = {"median_s": float(np.median(lat)), "rows_per_s": 10_000 / float(np.median(lat)),
+                                "body_mb": len(body) / 1e6}  # fmt: skip
+        say(f"batch: {results['batch_10k']}")
+        wait_drain(engine, [], 1)
+
+        # ---------------------------------------------------------------- (3) logging throughput
+        time.sleep(3)
+        truncate(engine)
+        batch100 = [build_request(port, "/v1/score", json.dumps({"transactions": records[i : i + 100]}).encode())
+                    for i in range(0, 5000, 100)]  # fmt: skip
+
+        def sample_backlog(t_start: float) -> list[tuple[float, int, float]]:
+            samples = []
+            while time.time() < t_start + 2 * dur + 0.5:
+                with contextlib.suppress(Exception):
+                    samples.append((time.time(), store.prediction_count(engine),
+                                    metric_sum(url, "fraud_prediction_log_backlog_records")))  # fmt: skip
+                time.sleep(0.5)
+            return samples
+
+        rows, samples = run_load(port, batch100, clients=4, duration=2 * dur, during=sample_backlog)
+        window = [s for s in samples if rows[0][0] + 2 <= s[0] <= rows[-1][0]]
+        accepted = sum(100 for r in rows if r[2] == 200)
+        written_rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
+        results["logging"] = {
+            "predictions_accepted_per_s": accepted / (2 * dur),
+            "rows_written_per_s": written_rate,
+            "backlog_start": window[0][2], "backlog_end": window[-1][2],
+            "backlog_max": max(s[2] for s in window),
+        }  # fmt: skip
+        say(f"logging: {results['logging']}")
+
+        # ---------------------------------------------------------------- (4) hot reload
+        reqs = [build_request(port, "/v1/score", json.dumps(r).encode()) for r in records[:500]]
+
+        def promote(t_start: float) -> dict[str, float]:
+            time.sleep(max(0.0, t_start + 3 - time.time()))
+            t_promote = time.time()
+            registry.client(settings).set_registered_model_alias(
+                settings.model_name, "champion", v2.version
+            )
+            while time.time() < t_promote + 30:
+                versions = metric_by_pid(url, "fraud_model_version")
+                if len(versions) == 2 and set(versions.values()) == {float(v2.version)}:
+                    return {"t_promote": t_promote, "t_all_workers": time.time()}
+                time.sleep(0.05)
+            return {"t_promote": t_promote, "t_all_workers": float("nan")}
+
+        rows, marks = run_load(port, reqs, clients=args.clients, duration=dur + 2, during=promote)
+        old_after = [r[0] for r in rows if r[3] == v1.version and r[0] >= marks["t_promote"]]
+        results["hot_reload"] = {
+            "seconds_until_all_workers_new": marks["t_all_workers"] - marks["t_promote"],
+            "seconds_until_last_old_answer": (max(old_after) - marks["t_promote"]) if old_after else 0.0,
+            "failed_requests": sum(1 for r in rows if r[2] != 200),
+            "requests": len(rows),
+            "poll_seconds": settings.poll_seconds,
+        }  # fmt: skip
+        say(f"hot reload: {results['hot_reload']}")
+
+        # ---------------------------------------------------------------- (5) Postgres outage
+        time.sleep(2)
+        truncate(engine)
+
+        def outage(t_start: float) -> dict[str, float]:
+            time.sleep(max(0.0, t_start + 4 - time.time()))
+            t0 = time.time()
+            pg.stop()
+            t_down = time.time()
+            time.sleep(10)
+            t_up_begin = time.time()
+            peak = metric_sum(url, "fraud_prediction_log_backlog_records")
+            pg.ensure_running()
+            t_up = time.time()
+            t_drained = float("nan")
+            while time.time() < t_up + 60:  # backlog back to its steady level (< 1 s of load)
+                if metric_sum(url, "fraud_prediction_log_backlog_records") < 1000:
+                    t_drained = time.time()
+                    break
+                time.sleep(0.1)
+            return {"t_stop": t0, "t_down": t_down, "t_up_begin": t_up_begin, "t_up": t_up,
+                    "t_drained": t_drained, "backlog_peak": peak}  # fmt: skip
+
+        rows, marks = run_load(
+            port, reqs, clients=args.clients, duration=22, collect_ids=True, during=outage
+        )
+        acked = [i for r in rows if r[2] == 200 for i in r[4]]
+        in_outage = [
+            r[1] for r in rows if r[2] == 200 and marks["t_down"] <= r[0] <= marks["t_up_begin"]
+        ]
+        before = [r[1] for r in rows if r[2] == 200 and r[0] < marks["t_stop"]]
+        wait_drain(engine, acked)
+        results["pg_outage"] = {
+            "outage_seconds": marks["t_up_begin"] - marks["t_down"],
+            "failed_requests": sum(1 for r in rows if r[2] != 200),
+            "requests": len(rows),
+            "p50_ms_before": pct(before, 50) * 1000, "p99_ms_before": pct(before, 99) * 1000,
+            "p50_ms_outage": pct(in_outage, 50) * 1000, "p99_ms_outage": pct(in_outage, 99) * 1000,
+            "predictions_acknowledged": len(acked),
+            "rows_after_drain": store.prediction_count(engine),
+            "acknowledged_ids_in_postgres": store.count_predictions_by_ids(engine, acked),
+            "backlog_peak_records": marks["backlog_peak"],
+            "seconds_to_drain_after_restart": marks["t_drained"] - marks["t_up"],
+        }  # fmt: skip
+        say(f"outage: {results['pg_outage']}")
+
+        # ---------------------------------------------------------------- (6) SIGKILL a worker
+        time.sleep(2)
+        truncate(engine)
+
+        def kill(t_start: float) -> dict[str, Any]:
+            time.sleep(max(0.0, t_start + 4 - time.time()))
+            victim = svc.workers()[0]
+            os.kill(victim, signal.SIGKILL)
+            return {"victim": victim, "t_kill": time.time()}
+
+        rows, marks = run_load(
+            port, reqs, clients=args.clients, duration=dur, collect_ids=True, during=kill
+        )
+        acked = [i for r in rows if r[2] == 200 for i in r[4]]
+        drain = wait_drain(engine, acked)
+        results["sigkill"] = {
+            "failed_requests": sum(1 for r in rows if r[2] != 200),
+            "predictions_acknowledged": len(acked),
+            "acknowledged_ids_in_postgres": store.count_predictions_by_ids(engine, acked),
+            "rows_in_postgres": store.prediction_count(engine),
+            "seconds_to_drain": drain,
+        }  # fmt: skip
+        say(f"sigkill: {results['sigkill']}")
+        svc.stop()
+        leftovers = [p.name for p in settings.spool_dir.glob("*") if p.is_file()]
+        results["sigkill"]["spool_files_after_graceful_stop"] = len(leftovers)
+
+    finally:
+        for service in services:
+            service.stop()
+        with contextlib.suppress(Exception):
+            pid = pg.pid
+            pg.stop()
+            if pid and pgserver.pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["machine"]["load_avg_end"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print_table(results, args.clients)
+    print(f"(written to {args.out}; load average {results['machine']['load_avg_start']} at start)")
+
+
+def print_table(r: dict[str, Any], clients: int) -> None:
+    m, single_runs = r["model"], r["single"]
+    rows = [
+        ("floor: pipeline.predict_proba, 1-row DataFrame", f"{m['pipeline_dataframe_ms']:.2f} ms"),
+        ("floor: estimator.predict_proba, 1-row numpy", f"{m['estimator_numpy_ms']:.2f} ms"),
+        (f"service predictor ({m['service_predictor']}, {m['n_trees']} trees), 1 row",
+         f"{m['service_predictor_ms']:.3f} ms"),
+    ]  # fmt: skip
+    for name, x in single_runs.items():
+        one, many = x["one_client"], x["clients"]
+        rows.append(
+            (
+                f"{name}: 1 client p50 / p99",
+                f"{one['p50_ms']:.2f} / {one['p99_ms']:.2f} ms ({one['req_per_s']:.0f} req/s)",
+            )
+        )
+        rows.append(
+            (
+                f"{name}: {clients} clients p50 / p99",
+                f"{many['p50_ms']:.2f} / {many['p99_ms']:.2f} ms",
+            )
+        )
+        rows.append(
+            (
+                f"{name}: {clients} clients throughput",
+                f"{many['req_per_s']:.0f} req/s ({many['failed']} failed)",
+            )
+        )
+    for cls in WORKER_CLASSES:
+        s, b = single_runs[f"service_{cls}"]["clients"], single_runs[f"baseline_{cls}"]["clients"]
+        rows.append(
+            (
+                f"service / baseline ({cls}): throughput, p99",
+                f"{s['req_per_s'] / b['req_per_s']:.1f}x, {s['p99_ms'] / b['p99_ms']:.2f}",
+            )
+        )
+    p, h, k = r["pg_outage"], r["hot_reload"], r["sigkill"]
+    rows += [
+        ("phases 2-6 run with worker class", r["default_worker_class"]),
+        ("batch of 10,000: time, rows/s", f"{r['batch_10k']['median_s'] * 1000:.0f} ms, {r['batch_10k']['rows_per_s']:,.0f} rows/s"),
+        ("logging at full load: accepted / written to PG", f"{r['logging']['predictions_accepted_per_s']:,.0f} / {r['logging']['rows_written_per_s']:,.0f} predictions/s"),
+        ("logging: backlog start / max / end", f"{r['logging']['backlog_start']:.0f} / {r['logging']['backlog_max']:.0f} / {r['logging']['backlog_end']:.0f} records"),
+        ("hot reload: all workers on new version", f"{h['seconds_until_all_workers_new']:.2f} s (poll {h['poll_seconds']} s), {h['failed_requests']} failed of {h['requests']}"),
+        ("PG outage: failed requests", f"{p['failed_requests']} of {p['requests']} ({p['outage_seconds']:.1f} s down)"),
+        ("PG outage: p50 / p99 before vs during", f"{p['p50_ms_before']:.2f} / {p['p99_ms_before']:.2f} vs {p['p50_ms_outage']:.2f} / {p['p99_ms_outage']:.2f} ms"),
+        ("PG outage: acknowledged vs rows after drain", f"{p['predictions_acknowledged']} vs {p['rows_after_drain']} (backlog peak {p['backlog_peak_records']:.0f}, drained {p['seconds_to_drain_after_restart']:.1f} s after restart)"),
+        ("SIGKILL: acknowledged vs rows (acked ids found)", f"{k['predictions_acknowledged']} vs {k['rows_in_postgres']} ({k['acknowledged_ids_in_postgres']}), {k['failed_requests']} failed"),
+    ]  # fmt: skip
+    width = max(len(a) for a, _ in rows)
+    print(f"{'measure'.ljust(width)}  value")
+    print(f"{'-' * width}  {'-' * 40}")
+    for a, v in rows:
+        print(f"{a.ljust(width)}  {v}")
+
+
+if __name__ == "__main__":
+    main()

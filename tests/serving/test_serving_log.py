@@ -1,0 +1,192 @@
+"""The prediction log against a real Postgres: rotation, adoption of a SIGKILLed writer's
+spool, cut-off lines, rows Postgres refuses, and draining on close."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from fraud_lib import store
+from serving.metrics import Metrics
+from serving.prediction_log import PredictionLog
+from serving.spool import decode_line, encode_lines, feature_template
+
+FEATURES = ("V1", "V2", "Amount")
+
+
+def lines_for(n: int, *, prefix: str = "t") -> tuple[bytes, list[str]]:
+    pids = [uuid.uuid4().hex for _ in range(n)]
+    data = encode_lines(
+        prediction_ids=pids,
+        transaction_ids=[f'{prefix}-{i}"quoted"' for i in range(n)],
+        scored_at=time.time(),
+        event_times=[float(i) if i % 2 else None for i in range(n)],
+        scores=[i / max(n, 1) for i in range(n)],
+        is_fraud=[i % 3 == 0 for i in range(n)],
+        threshold=0.5,
+        risk_levels=["low"] * n,
+        model_name="fraud-detector",
+        model_version="7",
+        request_id="req-1",
+        features=[feature_template(FEATURES) % (0.1 * i, -1e-7, 12.5) for i in range(n)],
+    )
+    return data, pids
+
+
+def wait_for(engine, pids, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if store.count_predictions_by_ids(engine, pids) == len(pids):
+            return
+        time.sleep(0.05)
+    got = store.count_predictions_by_ids(engine, pids)
+    raise AssertionError(f"{got} of {len(pids)} rows reached Postgres")
+
+
+@pytest.fixture()
+def log_settings(settings):
+    return replace(settings, log_flush_seconds=0.05, log_batch_size=100)
+
+
+def make_log(settings, pg_engine, **kwargs):
+    return PredictionLog(settings, Metrics(), lambda: pg_engine, **kwargs)
+
+
+def test_lines_round_trip_exactly():
+    data, pids = lines_for(3)
+    rows = [decode_line(line) for line in data.splitlines(keepends=True)]
+    assert [r["prediction_id"] for r in rows] == pids
+    assert rows[1]["transaction_id"] == 't-1"quoted"' and rows[0]["event_time"] is None
+    assert rows[2]["is_fraud"] is False and rows[1]["score"] == 1 / 3
+    assert json.loads(rows[1]["features"]) == {"V1": 0.1, "V2": -1e-7, "Amount": 12.5}
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_rotation_ships_everything_and_deletes_shipped_segments(log_settings, pg_engine, fsync):
+    log = make_log(log_settings, pg_engine, segment_bytes=4096, fsync=fsync)
+    log.start()
+    all_pids = []
+    for _ in range(30):
+        data, pids = lines_for(7)
+        log.append(data, len(pids))
+        all_pids += pids
+    assert len(list(log.dir.glob("*.spool"))) > 5  # rotated
+    wait_for(pg_engine, all_pids)
+    deadline = time.monotonic() + 5
+    while len(list(log.dir.glob("*.spool"))) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(list(log.dir.glob("*.spool"))) == 1  # only the open segment is left
+    assert log.rows_written == 210 and log.backlog_records == 0
+    assert log.status()["fsync"] is fsync
+    assert log.close() is True
+    assert list(log.dir.iterdir()) == []  # drained: segments, offset and lock removed
+    assert store.prediction_count(pg_engine) == 210
+
+
+DEAD_WRITER = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from dataclasses import replace
+    from fraud_lib.config import Settings
+    from fraud_lib.errors import DatabaseError
+    from serving.metrics import Metrics
+    from serving.prediction_log import PredictionLog
+    sys.path.insert(0, {test_dir!r})
+    from test_serving_log import lines_for
+
+    def down():
+        raise DatabaseError("postgres is down (simulated)")
+
+    settings = Settings.from_env({{}}, state_dir={state!r}, spool_dir={spool!r},
+                                 database_url="postgresql://nobody@127.0.0.1:1/none")
+    log = PredictionLog(settings, Metrics(), down, segment_bytes=8192)
+    log.start()
+    pids = []
+    for _ in range(20):
+        data, batch = lines_for(5, prefix="dead")
+        log.append(data, len(batch))
+        pids += batch
+    with open(log.dir / (log.wid + ".000099.spool"), "wb") as fh:
+        fh.write(data[: len(data) // 2])  # a write cut off mid-line: never acknowledged
+    print(json.dumps(pids), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_writers_spool_is_adopted_and_shipped(log_settings, pg_engine, tmp_path):
+    script = DEAD_WRITER.format(
+        test_dir=str(Path(__file__).parent),
+        state=str(tmp_path / "state"),
+        spool=str(log_settings.spool_dir),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    pids = json.loads(proc.stdout)
+    assert len(pids) == 100 and store.prediction_count(pg_engine) == 0
+    dead_files = {p.name for p in log_settings.spool_dir.iterdir()}
+    assert any(name.endswith(".lock") for name in dead_files)
+
+    log = make_log(log_settings, pg_engine)
+    log.start()
+    try:
+        wait_for(pg_engine, pids)
+        deadline = time.monotonic() + 10
+        while log._orphans and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remaining = {p.name for p in log_settings.spool_dir.iterdir()}
+        assert not (remaining & dead_files)  # the dead writer's files are gone
+        assert store.prediction_count(pg_engine) == 100  # the cut-off line was not shipped
+    finally:
+        assert log.close() is True
+
+
+def test_rows_postgres_refuses_are_set_aside_not_blocking(log_settings, pg_engine):
+    log = make_log(log_settings, pg_engine)
+    log.start()
+    good, pids = lines_for(9)
+    bad, bad_pids = lines_for(1)
+    bad = bad.replace(b"\t{", b"\t{not json", 1)
+    log.append(good, 9)
+    log.append(bad, 1)
+    more, more_pids = lines_for(5)
+    log.append(more, 5)
+    wait_for(pg_engine, pids + more_pids)
+    assert store.count_predictions_by_ids(pg_engine, bad_pids) == 0
+    deadline = time.monotonic() + 5
+    rejected = log.dir / "rejected" / f"{log.wid}.spool"
+    while not rejected.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert bad_pids[0].encode() in rejected.read_bytes()
+    log.close()
+
+
+def test_close_with_postgres_down_keeps_the_spool_for_the_next_writer(log_settings, pg_engine):
+    from fraud_lib.errors import DatabaseError
+
+    def down():
+        raise DatabaseError("postgres is down (simulated)")
+
+    log = PredictionLog(log_settings, Metrics(), down)
+    log.start()
+    data, pids = lines_for(12)
+    log.append(data, 12)
+    assert log.close(timeout=0.5) is False
+    assert log.status()["db_up"] is False and "simulated" in log.status()["last_error"]
+    assert any(p.suffix == ".spool" for p in log.dir.iterdir())
+    successor = make_log(log_settings, pg_engine)
+    successor.start()  # a closed (not killed) writer's lock is free too: adopted at once
+    wait_for(pg_engine, pids)
+    assert successor.close() is True
+    assert [p.name for p in log.dir.iterdir()] == []
