@@ -29,7 +29,7 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP)  ## create .venv and install the pinned dependencies (idempotent)
 
 demo: install  ## run the whole loop on embedded Postgres, MLflow and Airflow
-	$(BIN)/fraud demo
+	$(BIN)/fraud demo --reset
 
 test: install  ## lint and run the full test suite (starts its own Postgres)
 	$(BIN)/ruff check .
