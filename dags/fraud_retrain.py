@@ -145,7 +145,7 @@ def fraud_retrain() -> None:
 
     @task
     def check_drift(window: dict[str, Any]) -> dict[str, Any]:
-        from fraud_lib import cycle
+        from fraud_lib import cycle, cycle_report
 
         settings, _, _ = _run_facts()
         try:
@@ -154,7 +154,7 @@ def fraud_retrain() -> None:
             print(f"drift check skipped: {exc}")
             return {"skipped": str(exc)}
         psi = (summary.get("score_shift") or {}).get("psi")
-        cycle.log_to_run(
+        cycle_report.log_to_run(
             settings,
             window["run_key"],
             metrics={
@@ -232,7 +232,7 @@ def fraud_retrain() -> None:
     ) -> dict[str, Any]:
         import json
 
-        from fraud_lib import cycle, store
+        from fraud_lib import cycle, cycle_report, store
         from fraud_lib.errors import PromotionConflict
 
         settings, params, _ = _run_facts()
@@ -247,7 +247,7 @@ def fraud_retrain() -> None:
             )
         except PromotionConflict as exc:  # recorded; retrying the same decision cannot help
             raise AirflowFailException(f"{exc} (clear evaluate and promote to redo)") from exc
-        summary = cycle.format_summary(
+        summary = cycle_report.format_summary(
             final, drift=None if drift.get("skipped") else drift, ingest=window
         )
         print(summary)
@@ -262,7 +262,7 @@ def fraud_retrain() -> None:
             )
             + "\n"
         )
-        cycle.log_to_run(
+        cycle_report.log_to_run(
             settings,
             key,
             metrics={

@@ -3,7 +3,8 @@
 Steps (one Airflow task each): :func:`ingest_window` -> :func:`check_drift` ->
 :func:`train_challenger` -> :func:`evaluate` -> :func:`promote` -> :func:`notify_serving`;
 :func:`drift_monitor` is the daily check. Inputs and outputs are small (paths, versions,
-metrics), so they travel through XCom.
+metrics), so they travel through XCom. The run's MLflow record and its human summary are in
+:mod:`fraud_lib.cycle_report`.
 
 **Two clocks.** A run selects logged predictions by *scoring* time (``scored_at`` in
 ``[interval_end - train_days, interval_end)``, labels known by ``interval_end``), but splits them
@@ -26,9 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -517,99 +516,3 @@ def notify_serving(settings: Settings, timeout: float = 5.0) -> bool:
         return False
     log.info("reload hint sent to %s", url)
     return True
-
-
-# ------------------------------------------------------------------------------ reporting
-def log_to_run(
-    settings: Settings,
-    run_key: str,
-    *,
-    metrics: dict[str, Any] | None = None,
-    tags: dict[str, Any] | None = None,
-    artifacts: tuple[str | Path, ...] = (),
-    artifact_dir: str | None = None,
-    finish: bool = False,
-) -> str:
-    """Log to the MLflow run of this retraining run (one per ``run_key``, created on first
-    use, reused by re-runs); returns its run id. Metrics that are None/NaN are left out."""
-    from mlflow.entities import Metric, RunTag
-
-    experiment_id = registry.ensure_experiment(settings)
-    c = registry.client(settings)
-    found = c.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`fraudloop.kind` = 'retrain'",
-        max_results=1,
-    )
-    if found:
-        run_id = found[0].info.run_id
-    else:
-        tags0 = {RUN_KEY_TAG: run_key, "fraudloop.kind": "retrain"}
-        run_id = c.create_run(experiment_id, tags=tags0, run_name=f"retrain-{run_key}").info.run_id
-    now = int(time.time() * 1000)
-    good = {
-        k: float(v)
-        for k, v in (metrics or {}).items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    }
-    c.log_batch(
-        run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in good.items()],
-        tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
-    )
-    for path in artifacts:
-        c.log_artifact(run_id, str(path), artifact_path=artifact_dir)
-    if finish:
-        c.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
-def format_summary(
-    decision: dict[str, Any],
-    *,
-    drift: dict[str, Any] | None = None,
-    ingest: dict[str, Any] | None = None,
-) -> str:
-    """The run summary people read in the task log: metrics side by side, decision, report."""
-    ch = decision.get("challenger_metrics") or {}
-    champ = decision.get("champion_metrics") or {}
-    left = f"challenger v{decision.get('challenger_version')}"
-    right = (
-        f"champion v{decision['champion_version']}"
-        if decision.get("champion_version")
-        else "champion"
-    )
-    lines = ["fraud_retrain summary"]
-    if ingest:
-        lines.append(
-            f"window {ingest['run_key']}: {ingest['rows']:,} labeled rows, {ingest['frauds']} "
-            f"frauds ({ingest['initial_rows']:,} from the initial data file)"
-        )
-    lines.append(
-        f"evaluation slice: {decision.get('n_eval', 0):,} rows, "
-        f"{decision.get('n_eval_fraud', 0)} frauds (the challenger never trained on it)"
-    )
-    lines.append(f"{'metric':<20}{left:>18}{right:>18}")
-
-    def fmt(v: Any) -> str:
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-
-    for name in SUMMARY_METRICS:
-        lines.append(f"{name:<20}{fmt(ch.get(name)):>18}{fmt(champ.get(name)):>18}")
-    overlap = (decision.get("details") or {}).get("champion_overlap_rows")
-    if overlap:
-        lines.append(
-            f"note: the champion trained on {overlap:,} of these rows (optimistic metrics)"
-        )
-    replay = " (replayed from the first run of this interval)" if decision.get("replayed") else ""
-    lines.append(f"decision: {decision.get('event')}{replay} - {decision.get('reason')}")
-    if drift:
-        verdict = "DRIFT" if drift.get("drift_detected") else "no drift"
-        psi = (drift.get("score_shift") or {}).get("psi")
-        lines.append(
-            f"drift: {verdict}; {drift.get('drifted_count')}/{len(drift.get('columns', []))} "
-            f"features drifted {drift.get('drifted_columns')}, score PSI "
-            f"{'-' if psi is None else f'{psi:.3f}'}; vs {drift.get('reference_basis')}"
-        )
-        lines.append(f"report: {drift.get('html_path')}")
-    return "\n".join(lines)

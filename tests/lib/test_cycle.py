@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from fraud_lib import cycle, store
+from fraud_lib import cycle, cycle_report, store
 from fraud_lib.data import generate, save_transactions
 from fraud_lib.schema import FeatureSchema
 
@@ -173,7 +173,7 @@ def test_summary_puts_the_metrics_side_by_side():
         "challenger_metrics": {"average_precision": 0.61, "roc_auc": 0.9},
         "champion_metrics": {"average_precision": 0.65, "roc_auc": float("nan")},
     }
-    text = cycle.format_summary(
+    text = cycle_report.format_summary(
         decision,
         drift={
             "drift_detected": False,

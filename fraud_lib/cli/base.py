@@ -1,0 +1,92 @@
+"""The ``fraud`` click group and the helpers its commands share.
+
+Every command reads :class:`Settings` from the environment; expected failures print one line
+``error: ...`` and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fraud_lib.config import Settings
+from fraud_lib.errors import FraudError
+
+
+def say(message: str) -> None:
+    """Progress output for people, on stderr so stdout stays machine-readable."""
+    click.echo(f">> {message}", err=True)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A plain fixed-width table on stdout."""
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [
+        max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
+        for i, c in enumerate(columns)
+    ]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    click.echo("  ".join("-" * w for w in widths))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+class FraudGroup(click.Group):
+    """A click group that turns expected errors into one clean line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FraudError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=FraudGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """fraudloop: keep a card-fraud model honest in production.
+
+    Configuration comes from FRAUD_* environment variables (see the README table);
+    with none set, everything runs locally under ./.fraudloop (embedded Postgres,
+    SQLite MLflow store).
+    """
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+    ctx.obj = {"settings": Settings.from_env()}
+
+
+def dump_json(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as pretty JSON (NaN becomes null), creating parent directories."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    clean = json.loads(json.dumps(payload, default=str).replace("NaN", "null"))
+    p.write_text(json.dumps(clean, indent=2) + "\n")
+
+
+def _engine(settings: Settings) -> Any:
+    from fraud_lib import store
+
+    return store.connect_store(settings)

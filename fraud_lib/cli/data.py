@@ -1,0 +1,110 @@
+"""Data commands: ``generate`` (synthetic transactions) and ``labels import``."""
+
+from __future__ import annotations
+
+import click
+
+from fraud_lib.cli.base import _engine, _settings, cli, say
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output file: .csv, .csv.gz or .parquet.",
+)
+@click.option(
+    "--days",
+    default=28,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Days of history to generate.",
+)
+@click.option("--rows-per-day", default=10_000, show_default=True, type=click.IntRange(10))
+@click.option(
+    "--rows",
+    "total_rows",
+    type=click.IntRange(10),
+    help="Exact total row count (overrides --rows-per-day), e.g. 284807.",
+)
+@click.option(
+    "--fraud-rate",
+    default=0.002,
+    show_default=True,
+    type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
+)
+@click.option(
+    "--scenario",
+    default="none",
+    show_default=True,
+    help="Drift scenario: none, covariate_shift, new_pattern, fraud_rate, amount_inflation.",
+)
+@click.option(
+    "--drift-day",
+    type=click.IntRange(0),
+    help="Day on which the scenario switches on (default: the middle).",
+)
+@click.option(
+    "--start-day",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="First day index, to continue an earlier history.",
+)
+@click.option("--label-delay-days", default=3.0, show_default=True, type=click.FloatRange(0))
+@click.option("--seed", default=0, show_default=True, type=int)
+def generate(
+    out: str,
+    days: int,
+    rows_per_day: int,
+    total_rows: int | None,
+    fraud_rate: float,
+    scenario: str,
+    drift_day: int | None,
+    start_day: int,
+    label_delay_days: float,
+    seed: int,
+) -> None:
+    """Generate synthetic transactions with the ULB creditcard.csv schema."""
+    from fraud_lib import data
+
+    say(f"generating {days} day(s) of transactions (scenario={scenario}, seed={seed})")
+    df = data.generate(
+        days,
+        rows_per_day=rows_per_day,
+        total_rows=total_rows,
+        fraud_rate=fraud_rate,
+        seed=seed,
+        scenario=scenario,
+        drift_start_day=drift_day,
+        start_day=start_day,
+        label_delay_days=label_delay_days,
+    )
+    data.save_transactions(df, out)
+    say(f"wrote {len(df):,} rows ({int(df['Class'].sum()):,} frauds) to {out}")
+
+
+@cli.group()
+def labels() -> None:
+    """Labels (chargebacks, analyst reviews) that arrive after scoring."""
+
+
+@labels.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--source", default="import", show_default=True, help="Recorded with each label.")
+@click.pass_context
+def labels_import(ctx: click.Context, path: str, source: str) -> None:
+    """Upsert labels from a CSV with columns transaction_id,label[,labeled_at]."""
+    from fraud_lib import data, store
+
+    rows = data.load_labels(path)
+    for row in rows:
+        row["source"] = source
+    say(f"upserting {len(rows):,} labels")
+    result = store.upsert_labels(_engine(_settings(ctx)), rows)
+    click.echo(
+        f"inserted {result['inserted']:,}, updated {result['updated']:,}, "
+        f"unknown transaction ids {len(result['unknown_ids']):,}"
+    )
