@@ -56,12 +56,13 @@ def fraud_drift_monitor() -> None:
     def compare_recent() -> dict[str, Any]:
         from fraud_lib import cycle, store
         from fraud_lib.config import Settings
+        from fraud_lib.window import run_key_for
 
         ctx = get_current_context()
         settings = Settings.from_env()
         end = ctx.get("data_interval_end") or ctx["dag_run"].run_after
         days = float(ctx["params"]["lookback_days"])
-        key = f"{cycle.run_key_for(end, 0).rsplit('_', 1)[0]}_{days:g}d"
+        key = f"{run_key_for(end, 0).rsplit('_', 1)[0]}_{days:g}d"
         try:
             summary = cycle.drift_monitor(
                 settings, store.connect_store(settings), interval_end=end, days=days, run_key=key

@@ -15,8 +15,8 @@ a description; empty means "use the FRAUD_* setting").
 | `notify_serving` | best-effort `POST /admin/reload` to the scoring service (only after a promotion) |
 
 Re-running a run (same data interval) is idempotent: same window, same report, no second model
-version and no second decision (see `fraud_lib.cycle`). The logic lives in `fraud_lib.cycle`;
-this file only wires it.
+version and no second decision (see `fraud_lib.window` and `fraud_lib.cycle`). The logic lives
+in those two modules; this file only wires it.
 """
 
 from __future__ import annotations
@@ -130,12 +130,13 @@ def _param(params: dict[str, Any], name: str, default: Any) -> Any:
 def fraud_retrain() -> None:
     @task(**IO_RETRIES)
     def ingest_labeled() -> dict[str, Any]:
-        from fraud_lib import cycle, store
+        from fraud_lib import store
+        from fraud_lib.window import ingest_window, run_key_for
 
         settings, params, end = _run_facts()
         days = int(_param(params, "train_window_days", settings.train_window_days))
-        key = cycle.run_key_for(end, days)
-        result = cycle.ingest_window(
+        key = run_key_for(end, days)
+        result = ingest_window(
             settings, store.connect_store(settings), interval_end=end, train_days=days, run_key=key
         )
         print(f"window {key}: {result.rows:,} rows, {result.frauds} frauds -> {result.path}")

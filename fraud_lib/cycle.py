@@ -1,25 +1,19 @@
 """The retraining cycle as plain functions: what the Airflow tasks and the CLI call.
 
-Steps (one Airflow task each): :func:`ingest_window` -> :func:`check_drift` ->
+Steps (one Airflow task each): :func:`fraud_lib.window.ingest_window` -> :func:`check_drift` ->
 :func:`train_challenger` -> :func:`evaluate` -> :func:`promote` -> :func:`notify_serving`;
 :func:`drift_monitor` is the daily check. Inputs and outputs are small (paths, versions,
-metrics), so they travel through XCom. The run's MLflow record and its human summary are in
-:mod:`fraud_lib.cycle_report`.
+metrics), so they travel through XCom. The first step, the run's labeled window and its
+event-time split, is in :mod:`fraud_lib.window`; the run's MLflow record and its human summary
+are in :mod:`fraud_lib.cycle_report`.
 
-**Two clocks.** A run selects logged predictions by *scoring* time (``scored_at`` in
-``[interval_end - train_days, interval_end)``, labels known by ``interval_end``), but splits them
-by *event* time (the schema's time column, e.g. ULB ``Time``): the evaluation slice is the last
-``eval_days * 86400`` seconds of event time, the challenger trains on everything before it. A
-replay that scores weeks of traffic within minutes therefore still gets a proper time split.
-
-**Re-running the same interval** (same ``run_key``: interval end + window length):
-the window parquet is rewritten with the same rows (labels known by the interval end; a label
-*changed* after the interval end drops its row, since its ``labeled_at`` moves); the drift report
-is rewritten identically (seeded sampling); no new model version is registered if one was
-already trained on the same window content with the same settings (tag
-``fraudloop.train_key``; the ``challenger`` alias is set on it again); and the recorded decision
-for that version and run is replayed instead of being taken again, so no second
-``model_events`` row and no second alias move. A dry run records an event every time.
+**Re-running the same interval** (same ``run_key``: interval end + window length): the window
+is rewritten with the same rows (see :mod:`fraud_lib.window`); the drift report is rewritten
+identically (seeded sampling); no new model version is registered if one was already trained
+on the same window content with the same settings (tag ``fraudloop.train_key``; the
+``challenger`` alias is set on it again); and the recorded decision for that version and run is
+replayed instead of being taken again, so no second ``model_events`` row and no second alias
+move. A dry run records an event every time.
 """
 
 from __future__ import annotations
@@ -27,9 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +33,10 @@ from fraud_lib.config import Settings
 from fraud_lib.drift import drift_report
 from fraud_lib.errors import DataError, FraudError
 from fraud_lib.schema import FeatureSchema
+from fraud_lib.window import read_window, split_window, window_digest
 
 log = logging.getLogger(__name__)
 
-SECONDS_PER_DAY = 86_400
-ID = "transaction_id"
 TRAIN_KEY_TAG = registry.TAG + "train_key"
 RUN_KEY_TAG = registry.TAG + "run_key"
 SUMMARY_METRICS = ("average_precision", "roc_auc", "precision", "recall", "f1", "expected_cost")
@@ -53,167 +44,6 @@ SUMMARY_METRICS = ("average_precision", "roc_auc", "precision", "recall", "f1", 
 
 class SkipRun(FraudError):
     """Nothing to do for this run (too few labels, no champion, ...); the message says why."""
-
-
-@dataclass
-class IngestResult:
-    """The labeled window of one run (``path`` is None when the run is skipped)."""
-
-    run_key: str
-    path: str | None
-    rows: int
-    frauds: int
-    logged_rows: int
-    initial_rows: int
-    dropped_incomplete: int
-    start: str
-    end: str
-    event_time: list[float | None]
-    digest: str
-    skipped: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def run_key_for(interval_end: datetime, train_days: int) -> str:
-    """Name of a run's window: its interval end (UTC) and length, e.g. ``20250106T000000Z_28d``."""
-    end = interval_end if interval_end.tzinfo else interval_end.replace(tzinfo=UTC)
-    return f"{end.astimezone(UTC):%Y%m%dT%H%M%SZ}_{int(train_days)}d"
-
-
-def _schema(settings: Settings) -> FeatureSchema:
-    return FeatureSchema.load(settings.schema_path)
-
-
-def _digest(df: pd.DataFrame) -> str:
-    hashed = pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
-    return hashlib.sha256(hashed + ",".join(df.columns).encode()).hexdigest()[:16]
-
-
-def _window_columns(schema: FeatureSchema) -> list[str]:
-    return [ID, schema.time, *schema.model_columns, schema.label, "score", "source"]
-
-
-def _from_log(logged: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
-    """Labeled predictions (store layout) to the window layout; the time column falls back to
-    ``event_time`` when the features JSON does not carry it."""
-    missing = [c for c in schema.model_columns if c not in logged.columns]
-    if missing and len(logged):
-        raise DataError(
-            f"logged predictions lack feature(s) {missing}; the schema in use "
-            f"(FRAUD_SCHEMA={schema.time!r} ...) does not match what the service logs"
-        )
-    out = logged.reindex(columns=[ID, *schema.model_columns]).copy()
-    event_time = logged["event_time"] if "event_time" in logged else pd.Series(dtype=float)
-    if schema.time in logged.columns:
-        out[schema.time] = logged[schema.time].astype(float).fillna(event_time)
-    else:
-        out[schema.time] = event_time.astype(float)
-    out[schema.label] = logged["label"] if "label" in logged else pd.Series(dtype="int8")
-    out["score"] = logged["score"] if "score" in logged else float("nan")
-    out["source"] = "log"
-    return out
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def ingest_window(
-    settings: Settings,
-    engine: Engine,
-    *,
-    interval_end: datetime,
-    train_days: int,
-    run_key: str,
-) -> IngestResult:
-    """Labeled predictions of the run's window to ``state_dir/windows/{run_key}.parquet``.
-
-    Too few logged labels (rows or frauds below the settings) is a cold start: the
-    ``initial_data`` file is added when set. The result says ``skipped`` (and no file is
-    written) when the window is still too small.
-    """
-    schema = _schema(settings)
-    start = interval_end - timedelta(days=train_days)
-    logged = store.labeled_predictions(
-        engine, start=start, end=interval_end, labels_known_by=interval_end
-    )
-    window = _from_log(logged, schema)
-    n_logged = len(window)
-    cold = n_logged < settings.min_labeled_rows or (
-        int(window[schema.label].sum()) < settings.min_frauds
-    )
-    n_initial = 0
-    if cold and settings.initial_data:
-        from fraud_lib import data
-
-        initial = data.load_transactions(settings.initial_data, schema)
-        if ID not in initial:
-            initial[ID] = [f"initial-{i}" for i in range(len(initial))]
-        initial = initial[~initial[ID].astype(str).isin(set(window[ID]))]
-        initial = initial.assign(score=float("nan"), source="initial")
-        n_initial = len(initial)
-        log.info("cold start: adding %d rows from %s", n_initial, settings.initial_data)
-        window = pd.concat([window, initial.reindex(columns=window.columns)], ignore_index=True)
-    needed = [schema.time, *schema.model_columns, schema.label]
-    complete = window[needed].notna().all(axis=1)
-    dropped = int((~complete).sum())
-    if dropped:
-        log.warning("dropping %d window rows with a missing feature, time or label", dropped)
-    window = window.loc[complete, _window_columns(schema)]
-    window[ID] = window[ID].astype(str)
-    window[schema.label] = window[schema.label].astype("int8")
-    window = window.sort_values([schema.time, ID], kind="mergesort").reset_index(drop=True)
-    rows, frauds = len(window), int(window[schema.label].sum())
-    result = IngestResult(
-        run_key=run_key,
-        path=None,
-        rows=rows,
-        frauds=frauds,
-        logged_rows=n_logged,
-        initial_rows=n_initial,
-        dropped_incomplete=dropped,
-        start=start.isoformat(),
-        end=interval_end.isoformat(),
-        event_time=[
-            float(window[schema.time].min()) if rows else None,
-            float(window[schema.time].max()) if rows else None,
-        ],
-        digest=_digest(window),
-    )
-    if rows < settings.min_labeled_rows or frauds < settings.min_frauds:
-        result.skipped = (
-            f"too few labels: {rows:,} labeled rows with {frauds} frauds scored in "
-            f"[{start:%Y-%m-%d %H:%M}, {interval_end:%Y-%m-%d %H:%M}) with labels known by then; "
-            f"need {settings.min_labeled_rows:,} rows (FRAUD_MIN_LABELED_ROWS) and "
-            f"{settings.min_frauds} frauds (FRAUD_MIN_FRAUDS)"
-            + ("" if settings.initial_data else ", or set FRAUD_INITIAL_DATA for a cold start")
-        )
-        return result
-    path = settings.state_dir / "windows" / f"{run_key}.parquet"
-    _write_parquet(window, path)
-    result.path = str(path)
-    log.info("window %s: %d rows, %d frauds -> %s", run_key, rows, frauds, path)
-    return result
-
-
-def read_window(path: str | Path, schema: FeatureSchema) -> pd.DataFrame:
-    """A window parquet written by :func:`ingest_window`, validated against ``schema``."""
-    return schema.validate_frame(pd.read_parquet(path))
-
-
-def split_window(
-    df: pd.DataFrame, schema: FeatureSchema, eval_days: float
-) -> tuple[pd.DataFrame, pd.DataFrame, float]:
-    """(train part, evaluation slice, cutoff): the slice is the last ``eval_days`` of event
-    time (``time > cutoff``), the train part everything up to the cutoff."""
-    cutoff = float(df[schema.time].max()) - eval_days * SECONDS_PER_DAY
-    later = df[schema.time] > cutoff
-    return df[~later], df[later], cutoff
 
 
 # ------------------------------------------------------------------------------ drift
@@ -253,7 +83,7 @@ def check_drift(settings: Settings, window_path: str | Path, run_key: str) -> di
     """Evidently drift of the window vs the champion's training reference (HTML + JSON in
     ``reports_dir``). Without a champion the window's older half (by event time) is the
     reference, with the logged scores."""
-    schema = _schema(settings)
+    schema = FeatureSchema.load(settings.schema_path)
     window = read_window(window_path, schema)
     name = f"fraud_retrain__{run_key}"
     champion = registry.alias_version(settings, registry.CHAMPION)
@@ -326,7 +156,7 @@ def train_challenger(
     """
     from fraud_lib.train import train_model
 
-    schema = _schema(settings)
+    schema = FeatureSchema.load(settings.schema_path)
     window = read_window(window_path, schema)
     train_part, eval_part, cutoff = split_window(window, schema, eval_days)
     eval_frauds = int(eval_part[schema.label].sum())
@@ -337,7 +167,7 @@ def train_challenger(
             "empty of frauds; use a longer window or wait for more labels"
         )
     key = _train_key(
-        _digest(window),
+        window_digest(window),
         eval_days=eval_days,
         model_type=model_type,
         resample=resample,
@@ -418,7 +248,7 @@ def evaluate(
     a window is re-evaluated with other options; ``details.champion_overlap_rows`` then counts
     the slice rows at or before the champion's ``fit_end`` (its metrics are optimistic).
     """
-    schema = _schema(settings)
+    schema = FeatureSchema.load(settings.schema_path)
     _, eval_part, _ = split_window(read_window(window_path, schema), schema, eval_days)
     decision = registry.evaluate_challenger(
         settings, eval_part, challenger_version, min_improvement=min_improvement, force=force

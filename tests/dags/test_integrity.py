@@ -18,7 +18,15 @@ pytestmark = AIRFLOW_WARNING_FILTERS
 
 DAG_IDS = {"fraud_retrain", "fraud_drift_monitor"}
 IO_TASKS = {"fraud_retrain": {"ingest_labeled", "evaluate", "promote"}}
-HEAVY_MODULES = ("pandas", "numpy", "sklearn", "mlflow", "evidently", "fraud_lib.cycle")
+HEAVY_MODULES = (
+    "pandas",
+    "numpy",
+    "sklearn",
+    "mlflow",
+    "evidently",
+    "fraud_lib.cycle",
+    "fraud_lib.window",
+)
 
 
 def test_dagbag_loads_both_dags_without_import_errors(dagbag):

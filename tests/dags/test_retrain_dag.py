@@ -23,12 +23,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from fraud_lib import cycle, registry, store
+from fraud_lib import registry, store
 from fraud_lib.config import Settings
 from fraud_lib.data import generate
 from fraud_lib.features import predict_scores
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.train import train_model
+from fraud_lib.window import run_key_for
 from tests.dags.conftest import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
 
 pytestmark = [pytest.mark.slow, *AIRFLOW_WARNING_FILTERS]
@@ -338,6 +339,4 @@ def test_too_few_labels_skips_the_run_cleanly(monkeypatch, engine, stable):
     assert str(run.state) == "success"
     assert set(states.values()) == {"skipped"}
     assert _events(engine, stable) == events
-    assert not list(
-        (stable.settings.state_dir / "windows").glob(f"{cycle.run_key_for(early, 14)}*")
-    )
+    assert not list((stable.settings.state_dir / "windows").glob(f"{run_key_for(early, 14)}*"))

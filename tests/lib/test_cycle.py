@@ -1,5 +1,6 @@
-"""cycle.py against the real Postgres: the run's window (idempotent, labels known by the interval
-end, cold start, skip), the event-time split, the reload hint and the run summary."""
+"""window.py and cycle.py against the real Postgres: the run's window (idempotent, labels
+known by the interval end, cold start, skip), the event-time split, the reload hint and the run
+summary."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from fraud_lib import cycle, cycle_report, store
 from fraud_lib.data import generate, save_transactions
 from fraud_lib.schema import FeatureSchema
+from fraud_lib.window import ingest_window, run_key_for, split_window
 
 SCHEMA = FeatureSchema()
 END = datetime(2025, 3, 3, tzinfo=UTC)
@@ -59,15 +61,15 @@ def small(settings):
 
 
 def test_run_key_names_the_interval_end_in_utc_and_the_window_length():
-    assert cycle.run_key_for(END, 28) == "20250303T000000Z_28d"
-    assert cycle.run_key_for(datetime(2025, 3, 3), 7) == "20250303T000000Z_7d"
+    assert run_key_for(END, 28) == "20250303T000000Z_28d"
+    assert run_key_for(datetime(2025, 3, 3), 7) == "20250303T000000Z_7d"
     cet = datetime(2025, 3, 3, 1, tzinfo=UTC).astimezone(zoneinfo.ZoneInfo("Europe/Berlin"))
-    assert cycle.run_key_for(cet, 7) == "20250303T010000Z_7d"
+    assert run_key_for(cet, 7) == "20250303T010000Z_7d"
 
 
 def test_split_window_holds_out_the_last_days_of_event_time():
     df = pd.DataFrame({"Time": [0.0, 86_400.0, 2 * 86_400.0, 3 * 86_400.0 - 1, 3 * 86_400.0]})
-    train, held_out, cutoff = cycle.split_window(df, SCHEMA, 1)
+    train, held_out, cutoff = split_window(df, SCHEMA, 1)
     assert cutoff == 2 * 86_400.0
     assert list(train["Time"]) == [0.0, 86_400.0, 2 * 86_400.0]
     assert list(held_out["Time"]) == [3 * 86_400.0 - 1, 3 * 86_400.0]
@@ -76,8 +78,8 @@ def test_split_window_holds_out_the_last_days_of_event_time():
 def test_window_uses_labels_known_by_the_interval_end_and_reruns_are_identical(small, pg_engine):
     traffic = generate(6, rows_per_day=400, seed=5, fraud_rate=0.02, label_delay_days=0)
     _log(pg_engine, traffic, first_scored=END - timedelta(days=6), label_lag=timedelta(hours=6))
-    key = cycle.run_key_for(END, 7)
-    first = cycle.ingest_window(small, pg_engine, interval_end=END, train_days=7, run_key=key)
+    key = run_key_for(END, 7)
+    first = ingest_window(small, pg_engine, interval_end=END, train_days=7, run_key=key)
     assert first.skipped is None and first.initial_rows == 0
     # rows scored in the last 6 hours have no label yet at the interval end
     unlabeled = traffic[SCHEMA.time] - traffic[SCHEMA.time].min() >= 6 * 86_400 - 6 * 3600
@@ -95,7 +97,7 @@ def test_window_uses_labels_known_by_the_interval_end_and_reruns_are_identical(s
     assert window["Time"].max() == pytest.approx(first.event_time[1])
 
     store.upsert_labels(pg_engine, [{"transaction_id": "late", "label": 1}])  # after the end
-    again = cycle.ingest_window(small, pg_engine, interval_end=END, train_days=7, run_key=key)
+    again = ingest_window(small, pg_engine, interval_end=END, train_days=7, run_key=key)
     assert again.digest == first.digest and again.path == first.path
     pd.testing.assert_frame_equal(pd.read_parquet(again.path), window)
     assert [p.name for p in (small.state_dir / "windows").iterdir()] == [f"{key}.parquet"]
@@ -104,7 +106,7 @@ def test_window_uses_labels_known_by_the_interval_end_and_reruns_are_identical(s
 def test_too_few_labels_is_a_skip_with_a_reason_and_no_file(settings, pg_engine):
     traffic = generate(1, rows_per_day=300, seed=6, label_delay_days=0)
     _log(pg_engine, traffic, first_scored=END - timedelta(days=2), label_lag=timedelta(0))
-    result = cycle.ingest_window(settings, pg_engine, interval_end=END, train_days=7, run_key="k")
+    result = ingest_window(settings, pg_engine, interval_end=END, train_days=7, run_key="k")
     assert result.rows == 300 and result.path is None
     assert "too few labels" in result.skipped and "FRAUD_MIN_LABELED_ROWS" in result.skipped
     assert "FRAUD_INITIAL_DATA" in result.skipped
@@ -117,7 +119,7 @@ def test_cold_start_adds_the_initial_data_file_without_duplicates(small, pg_engi
     logged = initial.iloc[:100]  # the same transactions were also scored and labeled
     _log(pg_engine, logged, first_scored=END - timedelta(days=1), label_lag=timedelta(0))
     settings = replace(small, initial_data=str(path))
-    result = cycle.ingest_window(settings, pg_engine, interval_end=END, train_days=7, run_key="c")
+    result = ingest_window(settings, pg_engine, interval_end=END, train_days=7, run_key="c")
     assert result.logged_rows == 100 and result.initial_rows == len(initial) - 100
     window = pd.read_parquet(result.path)
     assert window["transaction_id"].is_unique and len(window) == len(initial)
