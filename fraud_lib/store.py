@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -26,6 +26,7 @@ import pandas as pd
 import psycopg
 import sqlalchemy as sa
 from psycopg import sql
+from psycopg.types.json import set_json_dumps
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Engine
 
@@ -98,11 +99,10 @@ model_events_table = sa.Table(
     sa.Index("ix_model_events_model_created", "model_name", "created_at"),
 )
 
-# Fields of a prediction row given to insert_predictions, with their COPY types (the
-# features travel as text; the server parses them into jsonb).
+# Fields of a prediction row given to insert_predictions, with their COPY types.
 _PRED_TYPES = (
     ("prediction_id", "text"), ("transaction_id", "text"), ("scored_at", "timestamptz"),
-    ("event_time", "float8"), ("features", "text"), ("score", "float8"), ("is_fraud", "bool"),
+    ("event_time", "float8"), ("features", "jsonb"), ("score", "float8"), ("is_fraud", "bool"),
     ("threshold", "float8"), ("risk_level", "text"), ("model_name", "text"),
     ("model_version", "text"), ("request_id", "text"),
 )  # fmt: skip
@@ -224,10 +224,16 @@ def connect_store(settings: Any) -> Engine:
 # ---------------------------------------------------------------------------- COPY helpers
 def _copy(conn: Connection, table: str, columns: Sequence[tuple[str, str]],
           rows: Iterable[Sequence[Any]]) -> int:  # fmt: skip
-    """COPY ``rows`` into ``table`` (columns: (name, type of the values sent)); rows copied."""
+    """COPY ``rows`` into ``table`` (columns: (name, type)); rows copied.
+
+    Binary format: psycopg formats a row ~5x faster than in text (a timestamptz alone costs
+    ~2.4 us as text). Datetimes must carry a zone; jsonb values are JSON text, sent as is.
+    """
     raw = conn.connection.driver_connection
+    names = ", ".join(c for c, _ in columns)
     with raw.cursor() as cur:
-        with cur.copy(f"COPY {table} ({', '.join(c for c, _ in columns)}) FROM STDIN") as copy:
+        set_json_dumps(str, cur)  # the identity on JSON text: nothing is re-encoded
+        with cur.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types([t for _, t in columns])
             for row in rows:
                 copy.write_row(row)
@@ -248,15 +254,15 @@ def _opt_float(value: Any) -> float | None:
 
 
 def _opt_datetime(value: Any, what: str) -> datetime | None:
-    """None, a datetime (naive = UTC) or an ISO-8601 string."""
+    """None, or a datetime or ISO-8601 string as a datetime with a zone (naive = UTC)."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
-    if isinstance(value, datetime):
-        return value
-    try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
-        raise DataError(f"{what}: {value!r} is not an ISO-8601 timestamp") from None
+    if not isinstance(value, datetime):
+        try:
+            value = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise DataError(f"{what}: {value!r} is not an ISO-8601 timestamp") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------- predictions
@@ -307,14 +313,11 @@ def insert_predictions(bind: Engine | Connection, rows: Sequence[Mapping[str, An
                 return _copy(conn, "predictions", _PRED_TYPES, tuples)
         except psycopg.IntegrityError:
             pass
-        names = [c for c, _ in _PRED_TYPES]
-        select = ", ".join(
-            {"scored_at": "COALESCE(scored_at, now())", "features": "features::jsonb"}.get(c, c)
-            for c in names
-        )
+        names = ", ".join(PREDICTION_FIELDS)
+        select = names.replace("scored_at", "COALESCE(scored_at, now())")
         _copy_into_temp(conn, "_predictions_in", _PRED_TYPES, tuples)
         result = conn.exec_driver_sql(
-            f"INSERT INTO predictions ({', '.join(names)}) SELECT {select} FROM _predictions_in "
+            f"INSERT INTO predictions ({names}) SELECT {select} FROM _predictions_in "
             "ON CONFLICT (prediction_id) DO NOTHING"
         )
         return int(result.rowcount)

@@ -10,7 +10,6 @@ loads the champion, starts the model poller and the prediction-log shipper, and 
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import re
 import threading
@@ -73,7 +72,6 @@ class ServiceState:
         self.db = Database(settings)
         self.holder = ModelHolder(settings, self.metrics)
         self.log = PredictionLog(settings, self.metrics, self.db.engine)
-        self.dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
         self._closed = False
 
     def start(self) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from fraud_lib import store
 from fraud_lib.config import Settings
 from fraud_lib.errors import DatabaseError, DataError
-from serving.spool import SEGMENT_NAME, Segments, count_lines, decode_line, reencode, write_all
+from serving.spool import SEGMENT_NAME, Segments, count_lines, decode_lines, reencode, write_all
 
 log = logging.getLogger(__name__)
 
@@ -285,12 +285,7 @@ class PredictionLog:
         return 0
 
     def _insert(self, lines: list[bytes], src: Segments) -> None:
-        rows, bad = [], []
-        for line in lines:
-            try:
-                rows.append(decode_line(line))
-            except (ValueError, IndexError, TypeError):
-                bad.append(line)
+        rows, bad = decode_lines(lines)
         engine = self.engine_factory()
         written = self._insert_isolating(engine, rows, bad)
         if bad:

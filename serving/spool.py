@@ -9,23 +9,24 @@ Files in ``settings.spool_dir``, for a writer id ``W`` (pid + random, new at eve
 
 A line is a JSON array (prediction_id, transaction_id, scored_at epoch seconds, event_time,
 score, is_fraud, threshold, risk_level, model_name, model_version, request_id), a TAB, the
-features as JSON object text (shipped as is, never re-encoded), and LF. Lines are rendered
-with ``%`` templates over Python floats (``repr`` of a finite float is a valid JSON number),
-which saves building and encoding a dict per prediction on the request path.
+features as JSON object text (shipped as is, never re-encoded), and LF. msgspec writes and
+reads them (floats as their shortest round-trip text, so they come back exactly); the features
+of a numeric schema are a :func:`feature_row` Struct per row (~1.7x faster than a dict).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import re
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,35 @@ READ_CHUNK = 4 * 1024 * 1024
 SEGMENT_NAME = re.compile(r"^(?P<wid>[A-Za-z0-9-]+)\.(?P<seq>\d{6,})\.spool$")
 
 
-def decode_line(line: bytes) -> dict[str, Any]:
-    """One spool line as a row for :func:`fraud_lib.store.insert_predictions`."""
-    head, _, features = line.rstrip(b"\n").partition(b"\t")
-    h = json.loads(head)
-    return {
-        "prediction_id": h[0], "transaction_id": h[1],
-        "scored_at": datetime.fromtimestamp(h[2], UTC), "event_time": h[3], "score": h[4],
-        "is_fraud": h[5], "threshold": h[6], "risk_level": h[7], "model_name": h[8],
-        "model_version": h[9], "request_id": h[10], "features": features.decode(),
-    }  # fmt: skip
+# prediction_id, transaction_id, scored_at, event_time, score, is_fraud, threshold,
+# risk_level, model_name, model_version, request_id
+Head = tuple[str, str, float, float | None, float, bool, float, str, str, str, str]
+_HEAD = msgspec.json.Decoder(Head)
+_ENCODER = msgspec.json.Encoder()
+
+
+def decode_lines(lines: Sequence[bytes]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Spool lines as rows for :func:`fraud_lib.store.insert_predictions`, and the lines that
+    cannot be read (a head that is not the 11 typed fields). The features stay JSON text."""
+    rows, bad = [], []
+    stamps: dict[float, datetime] = {}  # the lines of one request share their scored_at
+    for line in lines:
+        head, _, features = line.rstrip(b"\n").partition(b"\t")
+        try:
+            h = _HEAD.decode(head)
+            if (scored_at := stamps.get(h[2])) is None:
+                scored_at = stamps[h[2]] = datetime.fromtimestamp(h[2], UTC)
+            text = features.decode()
+        except (msgspec.DecodeError, ValueError, OverflowError, OSError):
+            bad.append(line)  # msgspec.ValidationError (wrong types) is a DecodeError
+            continue
+        rows.append({
+            "prediction_id": h[0], "transaction_id": h[1], "scored_at": scored_at,
+            "event_time": h[3], "score": h[4], "is_fraud": h[5], "threshold": h[6],
+            "risk_level": h[7], "model_name": h[8], "model_version": h[9], "request_id": h[10],
+            "features": text,
+        })  # fmt: skip
+    return rows, bad
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -150,9 +170,8 @@ def _read_lines(path: Path, start: int, end: int, max_lines: int) -> tuple[list[
             if b"\n" in data or start + len(data) >= end:
                 break
             chunk *= 4  # one line longer than the chunk
-    lines = data.split(b"\n")[:-1]  # the part after the last LF is incomplete
-    if len(lines) > max_lines:
-        lines = lines[:max_lines]
+    # the part after the last LF split off is the rest of the chunk, or a line still incomplete
+    lines = data.split(b"\n", max_lines)[:-1]
     return lines, sum(len(x) + 1 for x in lines)
 
 
@@ -170,66 +189,55 @@ def count_lines(src: Segments) -> int:
 
 
 def reencode(row: dict[str, Any]) -> bytes:
-    """A decoded row (:func:`decode_line`) as a spool line again (for the rejected file)."""
+    """A decoded row (:func:`decode_lines`) as a spool line again (for the rejected file)."""
     head = [row["prediction_id"], row["transaction_id"], row["scored_at"].timestamp(),
             row["event_time"], row["score"], row["is_fraud"], row["threshold"],
             row["risk_level"], row["model_name"], row["model_version"], row["request_id"]]  # fmt: skip
-    return json.dumps(head).encode() + b"\t" + row["features"].encode() + b"\n"
-
-
-_LINE = '["%s",%s,%r,%s,%r,%s,%r,"%s",%s,%s,%s]\t%s\n'
+    return _ENCODER.encode(head) + b"\t" + row["features"].encode() + b"\n"
 
 
 @functools.lru_cache(maxsize=16)
-def feature_template(features: tuple[str, ...]) -> str:
-    """``%``-template that renders a row of finite Python floats as the features JSON object
-    (``repr`` of a finite float is a valid JSON number)."""
-    return "{" + ",".join(encode_basestring(c).replace("%", "%%") + ":%r" for c in features) + "}"
+def feature_row(features: tuple[str, ...]) -> Callable[..., Any]:
+    """A factory: one value per column in ``features`` order -> an object msgspec encodes as
+    the features JSON object ``{column: value, ...}``. A Struct class (fields ``f0..fN``
+    renamed to the columns; ~1.7x faster to build and encode than a dict), or a dict maker
+    if a column name has a quote, backslash or control character (msgspec refuses those)."""
+    fields = [f"f{i}" for i in range(len(features))]
+    try:
+        return msgspec.defstruct(
+            "Features", fields, rename=dict(zip(fields, features, strict=True)), gc=False
+        )
+    except ValueError:
+        return lambda *values: dict(zip(features, values, strict=True))
 
 
 def encode_lines(
     *,
-    prediction_ids: list[str],
-    transaction_ids: list[str],
+    prediction_ids: Sequence[str],
+    transaction_ids: Sequence[str],
     scored_at: float,
-    event_times: list[float | None],
-    scores: list[float],
-    is_fraud: list[bool],
+    event_times: Sequence[float | None],
+    scores: Sequence[float],
+    is_fraud: Sequence[bool],
     threshold: float,
-    risk_levels: list[str],
+    risk_levels: Sequence[str],
     model_name: str,
     model_version: str,
     request_id: str,
-    features: list[str],
+    features: Sequence[Any],
 ) -> bytes:
-    """Spool lines for one request (``features``: JSON object text per prediction)."""
-    name, version, req = (encode_basestring(x) for x in (model_name, model_version, request_id))
-    return "".join(
-        [
-            _LINE
-            % (
-                pid,
-                encode_basestring(tx),
-                scored_at,
-                "null" if ev is None else repr(ev),
-                score,
-                "true" if fraud else "false",
-                threshold,
-                risk,
-                name,
-                version,
-                req,
-                feats,
-            )
-            for pid, tx, ev, score, fraud, risk, feats in zip(
-                prediction_ids,
-                transaction_ids,
-                event_times,
-                scores,
-                is_fraud,
-                risk_levels,
-                features,
-                strict=True,
-            )
-        ]
-    ).encode()
+    """Spool lines for one request. ``features``: per prediction, an object msgspec encodes as
+    a JSON object of finite values (made by :func:`feature_row`, or a dict)."""
+    buf = bytearray()
+    encode_into = _ENCODER.encode_into
+    for pid, tx, event, score, fraud, risk, feats in zip(
+        prediction_ids, transaction_ids, event_times, scores, is_fraud, risk_levels, features,
+        strict=True,
+    ):  # fmt: skip
+        head = (pid, tx, scored_at, event, score, fraud, threshold, risk, model_name,
+                model_version, request_id)  # fmt: skip
+        encode_into(head, buf, -1)
+        buf += b"\t"
+        encode_into(feats, buf, -1)
+        buf += b"\n"
+    return bytes(buf)

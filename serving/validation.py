@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any
 
+import msgspec
 import numpy as np
 from flask import Request
 
@@ -41,13 +43,32 @@ class ApiError(Exception):
         self.fields = fields or {}
 
 
+_DECODER = msgspec.json.Decoder()
+_BYTE = re.compile(r"\(byte (\d+)\)")
+_CONSTANT = re.compile(rb"NaN|Infinity")
+
+
 def _reject_constant(token: str) -> None:
     raise ValueError(f"{token} is not valid JSON; send finite numbers only")
 
 
+def _invalid_json(body: bytes, exc: msgspec.DecodeError) -> ApiError:
+    """400 for a body msgspec refused, naming a NaN/Infinity token where it stopped."""
+    reason = str(exc)
+    if (at := _BYTE.search(reason)) and (token := _CONSTANT.match(body, int(at[1]))):
+        reason = f"{token[0].decode()} is not valid JSON; send finite numbers only ({reason})"
+    return ApiError(400, "invalid_json", f"the body is not valid JSON: {reason}")
+
+
 def parse_json(request: Request) -> Any:
-    """The request body as JSON: 415 unless the content type is JSON, 400 if malformed or
-    holding NaN/Infinity tokens (Python's json accepts them; JSON does not)."""
+    """The request body as JSON: 415 unless the content type is JSON, 400 if malformed (NaN
+    and Infinity tokens, lone surrogates and too deep nesting included).
+
+    msgspec decodes (~4x faster than ``json`` on a 10,000-transaction batch, same values:
+    floats correctly rounded, integers of any size). It refuses a number beyond float range
+    (``1e400``) or an integer of more than 4300 digits; such a body is read again by ``json``,
+    which turns the first into ``inf`` (a field error in validation) and refuses the second.
+    """
     mimetype = request.mimetype or ""
     if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
         raise ApiError(
@@ -56,6 +77,14 @@ def parse_json(request: Request) -> Any:
             f"send the body as JSON with Content-Type: application/json (got {mimetype or 'none'!r})",
         )
     body = request.get_data(cache=False)  # 413 from MAX_CONTENT_LENGTH is raised here
+    try:
+        return _DECODER.decode(body)
+    except msgspec.ValidationError:
+        pass  # a number out of range: json below decides
+    except msgspec.DecodeError as exc:
+        raise _invalid_json(body, exc) from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
     try:
         return json.loads(body, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -102,6 +131,8 @@ def _id_error(value: Any) -> str | None:
         return "must be a string"
     if isinstance(value, str) and not 0 < len(value) <= MAX_ID_LENGTH:
         return f"must be 1 to {MAX_ID_LENGTH} characters"
+    if isinstance(value, str) and "\x00" in value:  # Postgres text cannot hold it
+        return "must not contain NUL (\\u0000)"
     return None
 
 
@@ -169,6 +200,8 @@ def _fast_extras(
     present = [t for t in ids if t is not None]
     lengths = set(map(len, present))
     if len(set(present)) != len(present) or 0 in lengths or max(lengths, default=0) > MAX_ID_LENGTH:
+        return None
+    if "\x00" in "".join(present):
         return None
     events: list[float | None] = []
     for key in (schema.time, "event_time"):  # event_time, when given, wins

@@ -182,6 +182,9 @@ BAD_BODY_IDS = [
     "empty-batch",
     "batch-not-list",
     "deep",
+    "trailing-data",
+    "lone-surrogate",
+    "int-of-5000-digits",
 ]
 
 
@@ -197,6 +200,9 @@ BAD_BODY_IDS = [
         ('{"transactions": []}', "application/json", 400, "invalid_input"),
         ('{"transactions": {"a": 1}}', "application/json", 400, "invalid_input"),
         ("[" * 100_000 + "]" * 100_000, "application/json", 400, "invalid_json"),
+        ('{"V1": 1} {}', "application/json", 400, "invalid_json"),
+        ('{"transaction_id": "\\ud800"}', "application/json", 400, "invalid_json"),
+        ('{"V1": ' + "7" * 5000 + "}", "application/json", 400, "invalid_json"),
     ],
     ids=BAD_BODY_IDS,
 )
@@ -211,11 +217,36 @@ def test_bad_bodies(client, body, content_type, status, code):
 def test_nan_and_infinity_tokens_are_rejected(client, frames, token):
     record = _valid(frames)
     record["V4"] = "__BAD__"
-    body = json.dumps(record).replace('"__BAD__"', token)
+    batch = {"transactions": [_valid(frames) | {"transaction_id": "a"}, record]}
+    for body in (json.dumps(record), json.dumps(batch)):
+        resp = _raw(client, body.replace('"__BAD__"', token))
+        assert resp.status_code == 400
+        assert resp.get_json()["error"]["code"] == "invalid_json"
+        assert f"{token.lstrip('-')} is not valid JSON" in resp.get_json()["error"]["message"]
+
+
+def test_lone_surrogates_are_refused_not_a_500(client):
+    """json.loads accepted "\\ud800", and writing it to the spool or Postgres then failed."""
+    for path, body in (
+        ("/v1/score", '{"transaction_id": "\\ud800", "V1": 1}'),
+        ("/v1/labels", '{"labels": [{"transaction_id": "a\\udc00", "label": 1}]}'),
+    ):
+        resp = client.post(path, data=body, content_type="application/json")
+        assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_json"
+
+
+def test_integers_beyond_64_bits_are_numbers(client, frames, pg_engine):
+    record = _valid(frames) | {"V4": "__BIG__"}
+    body = json.dumps(record).replace('"__BIG__"', str(2**70))
     resp = _raw(client, body)
-    assert resp.status_code == 400
-    assert resp.get_json()["error"]["code"] == "invalid_json"
-    assert token.lstrip("-") in resp.get_json()["error"]["message"]
+    assert resp.status_code == 200, resp.get_json()
+    pid = resp.get_json()["prediction_id"]
+    _wait_rows(pg_engine, [pid])
+    with pg_engine.connect() as conn:
+        features = conn.exec_driver_sql(
+            "SELECT features FROM predictions WHERE prediction_id = %s", (pid,)
+        ).scalar_one()
+    assert float(features["V4"]) == float(2**70)  # jsonb keeps 1.1805916207174113e21 exactly
 
 
 @pytest.mark.parametrize(
@@ -225,7 +256,8 @@ def test_nan_and_infinity_tokens_are_rejected(client, frames, token):
         ("true", "must be a number"),
         ("null", "must be a number"),
         ("[1]", "must be a number"),
-        ("1e400", "finite"),  # json reads this as float('inf')
+        ("1e400", "finite"),  # beyond float range: json reads it as float('inf')
+        ("-1e400", "finite"),
         ("1" + "0" * 400, "finite"),  # an int beyond float range
     ],
 )
@@ -255,6 +287,21 @@ def test_missing_and_unknown_fields_and_bad_ids(client, frames):
     assert "unknown field" in fields["colour"]
     assert fields["transaction_id"] == "must be a string"
     assert "must be a number" in fields["Time"]
+
+
+def test_ids_with_nul_are_field_errors(client, frames):
+    """Postgres text cannot hold NUL: such a prediction would be answered, then never stored."""
+    rows = _rows(frames, 2)
+    rows[1]["transaction_id"] = "a\x00b"
+    for body, field in (
+        ({"transactions": rows}, "transactions[1].transaction_id"),
+        (rows[1], "transaction_id"),
+        ({"labels": [{"transaction_id": "a\x00b", "label": 1}]}, "labels[0].transaction_id"),
+    ):
+        path = "/v1/labels" if "labels" in body else "/v1/score"
+        resp = client.post(path, json=body)
+        assert resp.status_code == 400, resp.get_json()
+        assert "NUL" in resp.get_json()["error"]["fields"][field]
 
 
 def test_duplicate_ids_and_non_objects_in_a_batch(client, frames):

@@ -12,12 +12,13 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fraud_lib import store
 from serving.metrics import Metrics
 from serving.prediction_log import PredictionLog
-from serving.spool import decode_line, encode_lines, feature_template
+from serving.spool import decode_lines, encode_lines, feature_row
 
 FEATURES = ("V1", "V2", "Amount")
 
@@ -36,7 +37,7 @@ def lines_for(n: int, *, prefix: str = "t") -> tuple[bytes, list[str]]:
         model_name="fraud-detector",
         model_version="7",
         request_id="req-1",
-        features=[feature_template(FEATURES) % (0.1 * i, -1e-7, 12.5) for i in range(n)],
+        features=[feature_row(FEATURES)(0.1 * i, -1e-7, 12.5) for i in range(n)],
     )
     return data, pids
 
@@ -62,11 +63,68 @@ def make_log(settings, pg_engine, **kwargs):
 
 def test_lines_round_trip_exactly():
     data, pids = lines_for(3)
-    rows = [decode_line(line) for line in data.splitlines(keepends=True)]
-    assert [r["prediction_id"] for r in rows] == pids
+    rows, bad = decode_lines(data.splitlines(keepends=True))
+    assert bad == [] and [r["prediction_id"] for r in rows] == pids
     assert rows[1]["transaction_id"] == 't-1"quoted"' and rows[0]["event_time"] is None
     assert rows[2]["is_fraud"] is False and rows[1]["score"] == 1 / 3
     assert json.loads(rows[1]["features"]) == {"V1": 0.1, "V2": -1e-7, "Amount": 12.5}
+    assert rows[0]["scored_at"] is rows[2]["scored_at"]  # one datetime per request
+
+
+@pytest.mark.parametrize(
+    ("columns", "kind"),
+    [
+        (("V1", "100%", "é ü", "f0", "", "f1"), "struct"),
+        (('quote"d', "back\\slash", "tab\t", "V1", "x", "y"), "dict"),  # msgspec refuses them
+    ],
+)
+def test_any_column_names_and_every_float_round_trip(columns, kind):
+    rng = np.random.default_rng(7)
+    values = [5e-324, -0.0, 1e-7, 0.1 + 0.2, 1.7976931348623157e308, 123456789.0]
+    scaled = rng.standard_normal((20, 6)) * 10.0 ** rng.integers(-300, 300, (20, 6))
+    rows = [values, *scaled.tolist()]
+    row = feature_row(columns)
+    assert isinstance(row(*values), dict) == (kind == "dict")
+    data = encode_lines(
+        prediction_ids=[uuid.uuid4().hex for _ in rows], transaction_ids=["t\t\n\\é"] * len(rows),
+        scored_at=1714560000.123456, event_times=[None] * len(rows), scores=[r[3] for r in rows],
+        is_fraud=[True] * len(rows), threshold=0.5, risk_levels=["high"] * len(rows),
+        model_name="m", model_version="1", request_id="r", features=[row(*r) for r in rows],
+    )  # fmt: skip
+    assert data.count(b"\n") == len(rows)  # one line each: no raw newline or tab inside
+    decoded, bad = decode_lines(data.splitlines(keepends=True))
+    assert bad == [] and decoded[0]["transaction_id"] == "t\t\n\\é"
+    for got, expected in zip(decoded, rows, strict=True):
+        features = json.loads(got["features"])
+        assert list(features) == list(columns)
+        assert [repr(v) for v in features.values()] == [repr(v) for v in expected]
+        assert repr(got["score"]) == repr(expected[3])
+
+
+def test_unreadable_lines_are_set_aside_and_the_rest_decoded():
+    data, pids = lines_for(4)
+    lines = data.splitlines(keepends=True)
+    damaged = [
+        b"not json\t{}\n",
+        lines[1].replace(b'"req-1"', b"7", 1),  # a field of the wrong type
+        lines[2].replace(b"]\t", b',"extra"]\t', 1),  # 12 fields
+        lines[3].replace(b"\t{", b"\t{\xff", 1),  # features that are not UTF-8
+        b'["a","b",1e300,null,0.5,true,0.5,"low","m","1","r"]\t{}\n',  # scored_at out of range
+    ]
+    rows, bad = decode_lines([lines[0], *damaged])
+    assert [r["prediction_id"] for r in rows] == pids[:1]
+    assert bad == damaged
+
+
+def test_a_replayed_batch_inserts_only_the_new_rows(pg_engine):
+    data, pids = lines_for(6)
+    rows, _ = decode_lines(data.splitlines(keepends=True))
+    assert store.insert_predictions(pg_engine, rows[:4]) == 4
+    with pg_engine.begin() as conn:  # in the caller's transaction, which stays usable
+        assert store.insert_predictions(conn, rows) == 2  # the COPY conflicts: ON CONFLICT path
+        assert store.insert_predictions(conn, []) == 0
+        assert conn.exec_driver_sql("SELECT count(*) FROM predictions").scalar_one() == 6
+    assert store.count_predictions_by_ids(pg_engine, pids) == 6
 
 
 @pytest.mark.parametrize("fsync", [False, True])
@@ -78,7 +136,8 @@ def test_rotation_ships_everything_and_deletes_shipped_segments(log_settings, pg
         data, pids = lines_for(7)
         log.append(data, len(pids))
         all_pids += pids
-    assert len(list(log.dir.glob("*.spool"))) > 5  # rotated
+    # rotated: the open segment's number (shipped segments may already be deleted)
+    assert max(int(p.name.split(".")[1]) for p in log.dir.glob("*.spool")) > 5
     wait_for(pg_engine, all_pids)
     deadline = time.monotonic() + 5
     while len(list(log.dir.glob("*.spool"))) > 1 and time.monotonic() < deadline:
