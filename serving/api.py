@@ -22,7 +22,15 @@ from fraud_lib import store
 from fraud_lib.errors import DatabaseError, DataError
 from serving.prediction_log import LogUnavailable
 from serving.spool import encode_lines, feature_row
-from serving.validation import ApiError, parse_json, validate_labels, validate_transactions
+from serving.typed_batch import decode_batch
+from serving.validation import (
+    ApiError,
+    decode_json,
+    parse_json,
+    read_json_body,
+    validate_labels,
+    validate_transactions,
+)
 
 bp = Blueprint("api", __name__)
 
@@ -89,16 +97,22 @@ def risk_levels(scores: np.ndarray, medium: float, high: float) -> list[str]:
 @bp.post("/v1/score")
 def score() -> Response:
     st = state()
-    payload = parse_json(request)
+    body = read_json_body(request)
     served = st.holder.current  # this request uses this model, whatever swaps meanwhile
-    if served is None:
-        raise ApiError(503, "no_model", st.holder.unavailable_message())
-    txs = validate_transactions(payload, served.schema, st.settings.max_batch)
+    max_batch = st.settings.max_batch
+    txs = decode_batch(body, served.schema, max_batch) if served is not None else None
+    if txs is None:  # not a clean numeric batch: the generic path names every problem
+        payload = decode_json(body)
+        if served is None:
+            raise ApiError(503, "no_model", st.holder.unavailable_message())
+        txs = validate_transactions(payload, served.schema, max_batch)
     n = len(txs)
     if txs.X is not None:
         scores = np.asarray(served.score_matrix(txs.X), dtype=float)
-        row = feature_row(served.schema.features)
-        features: list[Any] = [row(*values) for values in txs.X.tolist()]
+        if txs.rows is not None:
+            features: list[Any] = txs.rows
+        else:
+            features = list(map(feature_row(served.schema.features), *txs.X.T.tolist()))
     else:
         scores = served.score_records(txs.records or [])
         features = txs.records or []

@@ -21,8 +21,9 @@ Everything that must be true before a worker imports numpy, scikit-learn or prom
 is done at import time here, in the master: ``OMP_NUM_THREADS=1`` (two workers on two cores
 each running an OpenMP pool fell to ~16 requests/s with multi-second tails) and the
 prometheus_client multiprocess directory. Hooks: ``post_worker_init`` applies a threadpoolctl
-limit of 1 once the libraries are loaded; ``worker_exit`` drains that worker's prediction log;
-``child_exit`` (master) removes a dead worker's live gauges.
+limit of 1 once the libraries are loaded; ``pre_request`` reads a body of known length in
+bulk (:mod:`serving.request_body`: 8.4 MB in ~3 ms instead of ~20); ``worker_exit`` drains
+that worker's prediction log; ``child_exit`` (master) removes a dead worker's live gauges.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import shutil
 import socket
 from pathlib import Path
 from typing import Any
+
+from serving.request_body import use_bulk_body
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -92,6 +95,11 @@ def post_worker_init(worker: Any) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+
+def pre_request(worker: Any, req: Any) -> None:
+    worker.log.debug("%s %s", req.method, req.path)  # gunicorn's default hook
+    use_bulk_body(req)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -1,0 +1,137 @@
+"""The batch fast paths against the generic ones: typed decoding (serving.typed_batch), split
+scoring (serving.scoring) and the bulk request body read (serving.request_body)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import msgspec
+import numpy as np
+import pytest
+from gunicorn.http.body import LengthReader
+from gunicorn.http.unreader import SocketUnreader
+from sklearn.ensemble import HistGradientBoostingClassifier
+from werkzeug.wsgi import LimitedStream
+
+from fraud_lib.schema import FeatureSchema
+from serving.request_body import BulkBody
+from serving.scoring import SPLIT_BATCH, ServedModel
+from serving.spool import encode_lines, feature_row
+from serving.typed_batch import decode_batch
+from serving.validation import ApiError, decode_json, validate_transactions
+
+SCHEMA = FeatureSchema()
+
+
+def _record(i: int, **extra: object) -> dict[str, object]:
+    rng = np.random.default_rng(i)
+    record: dict[str, object] = {
+        c: float(v) for c, v in zip(SCHEMA.features, rng.normal(size=29), strict=True)
+    }
+    record["V3"] = i  # an integer is a number too
+    return record | extra
+
+
+def _body(records: list[dict[str, object]], **top: object) -> bytes:
+    return json.dumps({"transactions": records, **top}).encode()
+
+
+def _spool_features(rows: list[object]) -> bytes:
+    n = len(rows)
+    return encode_lines(
+        prediction_ids=["p"] * n, transaction_ids=["t"] * n, scored_at=1.0,
+        event_times=[None] * n, scores=[0.5] * n, is_fraud=[False] * n, threshold=0.5,
+        risk_levels=["low"] * n, model_name="m", model_version="1", request_id="r",
+        features=rows,
+    )  # fmt: skip
+
+
+def test_a_clean_batch_decodes_as_the_generic_path_validates_it():
+    records = [
+        _record(0, transaction_id="a", Time=5, Class=1),
+        _record(1, event_time=7.5, Time=3.0),  # event_time wins over Time
+        _record(2, transaction_id="c", event_time=None, Time=None),
+        _record(3, transaction_id=None, Class=[{"any": "value"}]),
+    ]
+    body = _body(records)
+    typed = decode_batch(body, SCHEMA, 10)
+    generic = validate_transactions(decode_json(body), SCHEMA, 10)
+    assert typed is not None and generic.X is not None and typed.X is not None
+    assert typed.batch and typed.ids == generic.ids == ["a", None, "c", None]
+    assert typed.event_times == generic.event_times == [5.0, 7.5, None, None]
+    assert typed.X.dtype == np.float64 and np.array_equal(typed.X, generic.X)
+    # the decoded records are the spool's features: the same bytes as from the matrix
+    row = feature_row(SCHEMA.features)
+    assert typed.rows is not None
+    assert _spool_features(typed.rows) == _spool_features([row(*v) for v in generic.X.tolist()])
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"V4": True}, "V4", "must be a number"),
+        ({"V4": "1.5"}, "V4", "must be a number"),
+        ({"V4": None}, "V4", "must be a number"),
+        ({"V4": 1e400}, "V4", "finite"),
+        ({"V4": 10**400}, "V4", "finite"),
+        ({"Time": 1e400}, "Time", "finite"),
+        ({"event_time": "now"}, "event_time", "must be a number"),
+        ({"colour": "red"}, "colour", "unknown field"),
+        ({"transaction_id": ""}, "transaction_id", "1 to 200 characters"),
+        ({"transaction_id": "x" * 201}, "transaction_id", "1 to 200 characters"),
+        ({"transaction_id": "a\x00b"}, "transaction_id", "NUL"),
+        ({"transaction_id": "dup"}, "transaction_id", "duplicate of transactions[0]"),
+    ],
+)
+def test_a_batch_with_a_problem_takes_the_generic_path(change, field, message):
+    records = [_record(0, transaction_id="dup"), _record(1) | change]
+    body = json.dumps({"transactions": records}).replace("Infinity", "1e400").encode()
+    assert decode_batch(body, SCHEMA, 10) is None
+    with pytest.raises(ApiError) as caught:
+        validate_transactions(decode_json(body), SCHEMA, 10)
+    assert message in caught.value.fields[f"transactions[1].{field}"]
+
+
+def test_what_typed_decoding_leaves_to_the_generic_path():
+    record = _record(0)
+    missing = {k: v for k, v in record.items() if k != "V7"}
+    for body in (
+        json.dumps(record).encode(),  # one transaction, not a batch
+        _body([record], extra=1),
+        _body([]),
+        _body([record] * 3),  # more than max_batch (2)
+        _body([missing]),
+        _body([record | {"transaction_id": 7}]),  # an integer id is valid, as its text
+        b'{"transactions": [' + json.dumps(record).encode()[:-1] + b', "V9": NaN}]}',
+    ):
+        assert decode_batch(body, SCHEMA, 2) is None
+    categorical = FeatureSchema(features=("V1",), categorical=("merchant",))
+    assert decode_batch(_body([{"V1": 1.0, "merchant": "m"}]), categorical, 2) is None
+
+
+def test_split_scoring_equals_one_call():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(SPLIT_BATCH + 1, 29))
+    y = (X[:, 0] + rng.normal(size=len(X)) > 1).astype(int)
+    clf = HistGradientBoostingClassifier(max_iter=20).fit(X, y)
+    served = ServedModel(loaded=None, predictor="estimator", estimator=clf)  # type: ignore[arg-type]
+    assert np.array_equal(served.score_matrix(X), clf.predict_proba(X)[:, 1])
+
+
+@pytest.mark.parametrize("head", [0, 100])
+def test_bulk_body_reads_what_gunicorns_body_reads(head):
+    data = msgspec.json.encode([{"V1": i / 7, "id": f"t{i}"} for i in range(60_000)]) + b"\nend"
+    sender, receiver = socket.socketpair()
+    thread = threading.Thread(target=sender.sendall, args=(data,))
+    thread.start()
+    try:
+        body = BulkBody(LengthReader(SocketUnreader(receiver), len(data)))
+        got = body.read(head) + body.readline(10) if head else b""  # then buffered bytes first
+        got += LimitedStream(body, len(data) - len(got)).read()
+    finally:
+        thread.join()
+        sender.close()
+        receiver.close()
+    assert got == data
