@@ -331,17 +331,32 @@ def main() -> None:
                 time.sleep(0.5)
             return samples
 
-        rows, samples = run_load(port, batch100, clients=4, duration=2 * dur, during=sample_backlog)
-        window = [s for s in samples if rows[0][0] + 2 <= s[0] <= rows[-1][0]]
-        accepted = sum(100 for r in rows if r[2] == 200)
-        written_rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
-        results["logging"] = {
-            "predictions_accepted_per_s": accepted / (2 * dur),
-            "rows_written_per_s": written_rate,
-            "backlog_start": window[0][2], "backlog_end": window[-1][2],
-            "backlog_max": max(s[2] for s in window),
-        }  # fmt: skip
+        def logging_phase(clients: int) -> dict[str, float]:
+            """Batches of 100 from ``clients`` closed-loop clients: accepted vs written."""
+            rows, samples = run_load(port, batch100, clients=clients, duration=2 * dur,
+                                     during=sample_backlog)  # fmt: skip
+            window = [s for s in samples if rows[0][0] + 2 <= s[0] <= rows[-1][0]]
+            accepted = sum(100 for r in rows if r[2] == 200)
+            written_rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
+            return {
+                "clients": clients,
+                "predictions_accepted_per_s": accepted / (2 * dur),
+                "rows_written_per_s": written_rate,
+                "backlog_start": window[0][2], "backlog_end": window[-1][2],
+                "backlog_max": max(s[2] for s in window),
+            }  # fmt: skip
+
+        # Full load (4 clients), then one client: the rate the log sustains with a flat backlog.
+        results["logging"] = logging_phase(4)
         say(f"logging: {results['logging']}")
+        drain_until = time.time() + 180  # the full-load backlog ships before the next run
+        while time.time() < drain_until:
+            if metric_sum(url, "fraud_prediction_log_backlog_records") < 1000:
+                break
+            time.sleep(0.5)
+        truncate(engine)
+        results["logging_one_client"] = logging_phase(1)
+        say(f"logging, one client: {results['logging_one_client']}")
 
         # ---------------------------------------------------------------- (4) hot reload
         reqs = [build_request(port, "/v1/score", json.dumps(r).encode()) for r in records[:500]]
@@ -501,6 +516,8 @@ def print_table(r: dict[str, Any], clients: int) -> None:
         ("batch of 10,000: time, rows/s", f"{r['batch_10k']['median_s'] * 1000:.0f} ms, {r['batch_10k']['rows_per_s']:,.0f} rows/s"),
         ("logging at full load: accepted / written to PG", f"{r['logging']['predictions_accepted_per_s']:,.0f} / {r['logging']['rows_written_per_s']:,.0f} predictions/s"),
         ("logging: backlog start / max / end", f"{r['logging']['backlog_start']:.0f} / {r['logging']['backlog_max']:.0f} / {r['logging']['backlog_end']:.0f} records"),
+        ("logging, 1 client: accepted / written to PG", f"{r['logging_one_client']['predictions_accepted_per_s']:,.0f} / {r['logging_one_client']['rows_written_per_s']:,.0f} predictions/s"),
+        ("logging, 1 client: backlog start / max / end", f"{r['logging_one_client']['backlog_start']:.0f} / {r['logging_one_client']['backlog_max']:.0f} / {r['logging_one_client']['backlog_end']:.0f} records"),
         ("hot reload: all workers on new version", f"{h['seconds_until_all_workers_new']:.2f} s (poll {h['poll_seconds']} s), {h['failed_requests']} failed of {h['requests']}"),
         ("PG outage: failed requests", f"{p['failed_requests']} of {p['requests']} ({p['outage_seconds']:.1f} s down)"),
         ("PG outage: p50 / p99 before vs during", f"{p['p50_ms_before']:.2f} / {p['p99_ms_before']:.2f} vs {p['p50_ms_outage']:.2f} / {p['p99_ms_outage']:.2f} ms"),
