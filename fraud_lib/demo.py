@@ -333,8 +333,8 @@ def print_summary(report: DemoReport, settings: Settings, echo: Callable[[str], 
         echo(f"  {d['created_at']:%H:%M:%S} v{d['version']:<3} {d['event']:<9} {d['reason']}")
     echo(f"champion: v{report.champion_before} -> v{report.champion_after}")
     if report.reload_seconds is not None:
-        echo(f"hot reload: every worker served v{report.champion_after} "
-             f"{report.reload_seconds:.1f}s after the promotion, without a restart")  # fmt: skip
+        echo(f"hot reload: every worker served v{report.champion_after} (20 answers in a row) "
+             f"{report.reload_seconds:.1f}s after fraud_retrain ended, without a restart")  # fmt: skip
     c = report.catch
     if c:
         echo(f"new fraud pattern, {c['frauds']} fresh frauds: v{c['old_version']} caught "
