@@ -71,15 +71,31 @@ class DemoReport:
     reload_seconds: float | None = None
     versions_seen_after: list[str] = field(default_factory=list)
     catch: dict[str, Any] = field(default_factory=dict)
-    drift: dict[str, Any] = field(default_factory=dict)
     champion_before: str | None = None
     champion_after: str | None = None
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
 
 
+def check_reset_is_local(settings: Settings) -> None:
+    """Refuse ``--reset`` unless it can only touch the local state of ``settings.state_dir``:
+    it truncates the prediction tables and deletes the MLflow store."""
+    store_path = settings.mlflow_tracking_uri.removeprefix("sqlite:///")
+    local_mlflow = settings.mlflow_tracking_uri.startswith("sqlite:///") and Path(
+        store_path
+    ).resolve().is_relative_to(settings.state_dir.resolve())
+    if not settings.embedded_postgres or not local_mlflow:
+        raise FraudError(
+            "`fraud demo --reset` empties the prediction tables and deletes the MLflow store, so "
+            "it only runs on the embedded Postgres and a SQLite MLflow store under "
+            f"FRAUD_STATE_DIR ({settings.state_dir}); unset FRAUD_DATABASE_URL and "
+            "MLFLOW_TRACKING_URI, or point FRAUD_STATE_DIR at a fresh directory"
+        )
+
+
 def reset_state(settings: Settings, engine: Any, say: Callable[[str], None]) -> None:
     """Remove what an earlier demo left: local MLflow store, windows, spool, reports, rows."""
+    check_reset_is_local(settings)
     say("resetting demo state (MLflow store, windows, spool, reports, logged rows)")
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):
         Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).unlink(missing_ok=True)
@@ -101,7 +117,7 @@ def scoring_service(
     url = f"http://127.0.0.1:{port}"
     log_path = settings.state_dir / "demo" / "scoring.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    fraud = str(Path(sys.executable).with_name("fraud"))
+    fraud = fraud_exe()
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
             [fraud, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
@@ -204,6 +220,8 @@ def run_demo(
     started = time.monotonic()
     report = DemoReport()
     o = options
+    if reset:
+        check_reset_is_local(settings)  # before connecting: refuse without side effects
     engine = store.connect_store(settings)
     if reset:  # before anything opens the MLflow store (its SQLite file is removed)
         reset_state(settings, engine, say)
@@ -223,7 +241,8 @@ def run_demo(
                          threshold_rule=settings.threshold_rule)  # fmt: skip
     ref = registry.log_model(result, settings, data_ref=str(work / "history.parquet"),
                              run_name="demo-first-champion")  # fmt: skip
-    assert ref is not None
+    if ref is None:
+        raise FraudError("the first model was not registered; see the log above")
     held_out = history[history["Time"] > result.time_range["fit_end"]]
     decision = registry.promote_if_better(settings, engine, held_out, ref.version)
     say(f"first champion: version {ref.version} ({decision.event}: {decision.reason})")
@@ -309,12 +328,8 @@ def run_demo(
     report.reports = sorted(str(p) for p in settings.reports_dir.glob("fraud_*.html"))
     report.seconds = time.monotonic() - started
     report.files = sorted(str(p) for p in [*work.glob("*"), *settings.reports_dir.glob("fraud_*")])
-    (work / "summary.json").write_text(json.dumps(_jsonable(report), indent=2, default=str))
+    (work / "summary.json").write_text(json.dumps(asdict(report), indent=2, default=str))
     return report
-
-
-def _jsonable(report: DemoReport) -> dict[str, Any]:
-    return asdict(report)
 
 
 def print_summary(report: DemoReport, settings: Settings, echo: Callable[[str], None]) -> None:
@@ -349,9 +364,17 @@ def print_summary(report: DemoReport, settings: Settings, echo: Callable[[str], 
     echo("  make clean            # remove all of it")
 
 
+def fraud_exe() -> str:
+    """The ``fraud`` command of this environment (next to the running Python, else on PATH)."""
+    beside = Path(sys.executable).with_name("fraud")
+    found = str(beside) if beside.exists() else shutil.which("fraud")
+    if not found:
+        raise FraudError(f"`fraud` is not installed next to {sys.executable}; run make install")
+    return found
+
+
 def demo_env_ok() -> None:
     """Fail early when the project's console scripts are missing (not installed)."""
-    for exe in ("fraud", "airflow"):
-        if not Path(sys.executable).with_name(exe).exists() and not shutil.which(exe):
-            raise FraudError(f"`{exe}` is not installed next to {sys.executable}; run make install")
+    fraud_exe()
+    airflow_local.airflow_exe()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

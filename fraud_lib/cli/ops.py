@@ -69,8 +69,9 @@ def db_status(ctx: click.Context) -> None:
     "--workers",
     default=2,
     show_default=True,
+    envvar="FRAUD_WORKERS",
     type=click.IntRange(1),
-    help="gunicorn worker processes (one per core).",
+    help="gunicorn worker processes, one per core (env FRAUD_WORKERS).",
 )
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
@@ -220,11 +221,16 @@ def demo(ctx: click.Context, reset: bool, rows_per_day: int, history_days: int, 
     replayed weeks into Postgres, delayed labels, fraud_retrain and the drift monitor through
     Airflow, a promotion after a new fraud pattern, and the running service hot-reloading it.
 
-    Takes ~5-8 minutes on 2 cores. The state stays for exploring (MLflow UI, Airflow UI,
-    `fraud models`); `make clean` removes it.
+    Takes ~2 minutes on 2 cores. The state stays for exploring (MLflow UI, Airflow UI,
+    `fraud models`); `make clean` removes it. `--reset` only runs on the embedded Postgres and
+    the local MLflow store (it empties them).
     """
+    import signal
+
     from fraud_lib import demo as demo_lib
 
+    # SIGTERM unwinds like Ctrl-C, so the demo stops the scoring service it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     demo_lib.demo_env_ok()
     settings = _settings(ctx)
     options = demo_lib.DemoOptions(rows_per_day=rows_per_day, history_days=history_days, seed=seed)

@@ -1,43 +1,77 @@
 """`fraud demo`, shortened, end to end: the real CLI, the real gunicorn service, the real DAGs
-through `airflow dags test`, on the session's Postgres and a temp MLflow store and Airflow home.
+through `airflow dags test`, on local defaults in a temp state dir (the demo starts its own
+embedded Postgres there, as `make demo` does; the test stops it by pid).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+
+from fraud_lib import pgserver, store
+from tests.conftest import stop_by_pid
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_demo_promotes_after_drift_and_the_service_hot_reloads(
-    tmp_path: Path, pg_url: str, pg_engine: sa.Engine
-) -> None:
+def _run_demo(argv: list[str], env: dict[str, str], cwd: Path, timeout: float) -> Any:
+    """Run the demo in its own process group; on timeout kill the group (gunicorn, airflow)."""
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)  # the demo stops its service on SIGTERM
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def test_demo_promotes_after_drift_and_the_service_hot_reloads(pg_base_dir: Path) -> None:
+    home = pg_base_dir / "demo"  # reachable by the postgres OS user when we are root
+    home.mkdir()
+    port = pgserver.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "AIRFLOW", "MLFLOW"))}
     env.update(
-        FRAUD_STATE_DIR=str(tmp_path / "state"),
-        FRAUD_DATABASE_URL=pg_url,
-        FRAUD_REPORTS_DIR=str(tmp_path / "reports"),
-        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
-        AIRFLOW_HOME=str(tmp_path / "airflow"),
+        FRAUD_STATE_DIR=str(home / "state"),
+        FRAUD_PG_PORT=str(port),
+        FRAUD_REPORTS_DIR=str(home / "reports"),
+        AIRFLOW_HOME=str(home / "airflow"),
         AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
     )
     fraud = str(Path(sys.executable).with_name("fraud"))
-    proc = subprocess.run(
-        [fraud, "demo", "--reset", "--rows-per-day", "4000", "--history-days", "21"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    # The demo starts the embedded Postgres on `port`; it is stopped by its pid at the end.
+    server = pgserver.EmbeddedPostgres(home / "state" / "postgres", port)
+    try:
+        proc = _run_demo(
+            [fraud, "demo", "--reset", "--rows-per-day", "4000", "--history-days", "21"],
+            env,
+            home,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        engine = store.make_engine(server.url)
+        with engine.connect() as conn:
+            logged = conn.execute(sa.text("SELECT count(*) FROM predictions")).scalar_one()
+        engine.dispose()
+    finally:
+        stop_by_pid(server)
+    assert logged >= 2 * 7 * 4000
 
-    summary = json.loads((tmp_path / "state" / "demo" / "summary.json").read_text())
+    summary = json.loads((home / "state" / "demo" / "summary.json").read_text())
     events = [(d["version"], d["event"]) for d in summary["decisions"]]
     # First champion, the no-drift retrain kept it, the post-drift challenger replaced it.
     assert events[0] == ("1", "promoted")
@@ -58,11 +92,22 @@ def test_demo_promotes_after_drift_and_the_service_hot_reloads(
     assert any(p.name.startswith("fraud_drift_monitor__") for p in reports)
     assert sum(p.name.startswith("fraud_retrain__") for p in reports) == 2
     assert all(p.exists() and p.stat().st_size > 10_000 for p in reports)
-    # Every scored transaction reached Postgres.
-    with pg_engine.connect() as conn:
-        logged = conn.execute(sa.text("SELECT count(*) FROM predictions")).scalar_one()
-    assert logged >= 2 * 7 * 4000
     assert "hot reload: every worker served v3" in proc.stdout
     assert "drift reports:" in proc.stdout
     # The service was stopped gracefully: its workers shipped their whole spool before exiting.
-    assert not list((tmp_path / "state").rglob("*.spool"))
+    assert not list((home / "state").rglob("*.spool"))
+
+
+def test_demo_reset_refuses_a_database_it_did_not_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "MLFLOW"))}
+    env.update(
+        FRAUD_STATE_DIR=str(tmp_path / "state"),
+        FRAUD_DATABASE_URL="postgresql://team@db.example:5432/fraud",
+    )
+    fraud = str(Path(sys.executable).with_name("fraud"))
+    proc = subprocess.run([fraud, "demo", "--reset"], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 1
+    assert "only runs on the embedded Postgres" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "state" / "mlflow.db").exists()
