@@ -4,7 +4,7 @@
 Every day (00:00 UTC) the predictions the scoring service logged over the last `lookback_days`
 (labels are not needed) are compared with the champion's training reference:
 Evidently data drift of the features plus prediction drift of the score
-(`drift_reports/fraud_drift_monitor__<day>.html` + `.json`).
+(`drift_reports/fraud_drift_monitor__<interval end>_<lookback>d.html` + `.json`).
 
 When the share of drifted features reaches `FRAUD_DRIFT_SHARE_THRESHOLD` or the score PSI
 reaches `FRAUD_SCORE_SHIFT_THRESHOLD`, `emit_drift_event` succeeds and updates the

@@ -60,6 +60,8 @@ def _drift_vs_champion(
     if missing:
         raise DataError(f"the traffic lacks the champion's feature(s) {missing}")
     current = current.dropna(subset=schema.model_columns)
+    if current.empty:
+        raise SkipRun(f"no rows with every feature of champion v{champion} to check for drift")
     current = current.assign(score=loaded.score(current))
     summary = drift_report(
         registry.load_reference(settings, champion),
@@ -134,9 +136,21 @@ def _train_key(digest: str, **fields: Any) -> str:
 
 
 def _existing_version(settings: Settings, train_key: str) -> Any | None:
+    """The version already trained with ``train_key``: by its version tag, or by its run's tag
+    (a retry after a crash between registering the version and tagging it)."""
     c = registry.client(settings)
-    for mv in c.search_model_versions(f"name='{settings.model_name}'"):
+    versions = c.search_model_versions(f"name='{settings.model_name}'")
+    for mv in versions:
         if mv.tags.get(TRAIN_KEY_TAG) == train_key:
+            return mv
+    runs = c.search_runs(
+        [registry.ensure_experiment(settings)],
+        filter_string=f"tags.`{TRAIN_KEY_TAG}` = '{train_key}'",
+    )
+    run_ids = {r.info.run_id for r in runs}
+    for mv in versions:
+        if mv.run_id in run_ids:
+            c.set_model_version_tag(settings.model_name, mv.version, TRAIN_KEY_TAG, train_key)
             return mv
     return None
 
@@ -219,7 +233,8 @@ def train_challenger(
         tags={RUN_KEY_TAG: run_key, TRAIN_KEY_TAG: key},
         data_ref=str(window_path),
     )
-    assert ref is not None
+    if ref is None:
+        raise FraudError("the challenger was trained but not registered in MLflow")
     c.set_model_version_tag(settings.model_name, ref.version, TRAIN_KEY_TAG, key)
     c.set_model_version_tag(settings.model_name, ref.version, RUN_KEY_TAG, run_key)
     return {
@@ -267,12 +282,12 @@ def _recorded(
     engine: Engine, settings: Settings, decision: dict[str, Any], run_key: str
 ) -> dict[str, Any] | None:
     """The decision already taken for this version in this run with the same options."""
-    for event in store.model_events(engine, settings.model_name, limit=500):
+    events = store.model_events(engine, settings.model_name, limit=1000, run_id=run_key,
+                                version=str(decision["challenger_version"]))  # fmt: skip
+    for event in events:
         details = event.get("details") or {}
         if (
-            event["run_id"] == run_key
-            and event["version"] == decision["challenger_version"]
-            and event["event"] in ("promoted", "rejected")
+            event["event"] in ("promoted", "rejected")
             and details.get("details", {}).get("force") == decision["details"].get("force")
             and details.get("details", {}).get("min_improvement")
             == decision["details"].get("min_improvement")
@@ -301,30 +316,6 @@ def promote(
         settings, engine, registry.Decision(**fields), dry_run=dry_run, run_id=run_key or None
     )
     return {**applied.as_dict(), "replayed": False}
-
-
-def evaluate_and_promote(
-    settings: Settings,
-    engine: Engine,
-    window_path: str | Path,
-    challenger_version: str,
-    *,
-    eval_days: float,
-    min_improvement: float | None = None,
-    force: bool = False,
-    dry_run: bool = False,
-    run_id: str = "",
-) -> dict[str, Any]:
-    """:func:`evaluate` then :func:`promote` (for the CLI and notebooks)."""
-    decision = evaluate(
-        settings,
-        window_path,
-        challenger_version,
-        eval_days=eval_days,
-        min_improvement=min_improvement,
-        force=force,
-    )
-    return promote(settings, engine, decision, dry_run=dry_run, run_key=run_id)
 
 
 def notify_serving(settings: Settings, timeout: float = 5.0) -> bool:

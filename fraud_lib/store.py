@@ -558,12 +558,19 @@ def record_model_event(bind: Engine | Connection, **fields: Any) -> int:
 
 
 def model_events(
-    bind: Engine | Connection, model_name: str | None = None, limit: int = 100
+    bind: Engine | Connection,
+    model_name: str | None = None,
+    limit: int = 100,
+    *,
+    run_id: str | None = None,
+    version: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Decision history, newest first (optionally for one model)."""
+    """Decision history, newest first (optionally for one model, run id and version)."""
     t = model_events_table
     query = sa.select(t).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
-    if model_name is not None:
-        query = query.where(t.c.model_name == model_name)
+    for column, value in ((t.c.model_name, model_name), (t.c.run_id, run_id),
+                          (t.c.version, version)):  # fmt: skip
+        if value is not None:
+            query = query.where(column == value)
     with _begin(bind) as conn:
         return [dict(r) for r in conn.execute(query).mappings()]

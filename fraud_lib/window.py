@@ -82,8 +82,8 @@ def _from_log(logged: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     missing = [c for c in schema.model_columns if c not in logged.columns]
     if missing and len(logged):
         raise DataError(
-            f"logged predictions lack feature(s) {missing}; the schema in use "
-            f"(FRAUD_SCHEMA={schema.time!r} ...) does not match what the service logs"
+            f"logged predictions lack feature(s) {missing}: the schema in use (FRAUD_SCHEMA, "
+            "empty = ULB) does not match what the service logs; use the service's schema"
         )
     out = logged.reindex(columns=[ID, *schema.model_columns]).copy()
     event_time = logged["event_time"] if "event_time" in logged else pd.Series(dtype=float)
