@@ -13,7 +13,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export OMP_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test lint airflow mlflow-ui serve bench clean lock
+.PHONY: help install demo test lint airflow serve bench clean lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,7 @@ test: install  ## lint and run the full test suite (starts its own Postgres)
 
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 airflow: install  ## start a local Airflow 3 UI on the project's DAGs (Ctrl-C stops it)
 	$(BIN)/fraud airflow

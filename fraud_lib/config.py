@@ -176,8 +176,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "admin_token":
                 value = "***" if value else ""
-            elif f.name == "database_url" and value and "@" in value:
-                scheme, rest = value.split("://", 1)
-                value = f"{scheme}://***@{rest.split('@', 1)[1]}"
+            elif isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1]:
+                scheme, rest = value.split("://", 1)  # any URL: hide user:password
+                value = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
             out[f.name] = str(value)
         return out

@@ -272,7 +272,7 @@ def drift_report(
         reasons=reasons,
     )
     summary.seconds = round(time.perf_counter() - started, 3)
-    json_path.write_text(json.dumps(_finite(summary.as_dict()), indent=2, allow_nan=False) + "\n")
+    json_path.write_text(json.dumps(json_safe(summary.as_dict()), indent=2, allow_nan=False) + "\n")
     log.info(
         "drift check %s: %d/%d features drifted, score PSI %s, %.1fs -> %s",
         name,
@@ -285,12 +285,12 @@ def drift_report(
     return summary
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """``value`` with NaN/inf floats as None and numpy scalars as Python ones (strict JSON)."""
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

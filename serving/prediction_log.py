@@ -44,18 +44,10 @@ class LogUnavailable(Exception):
     """The spool cannot be written, so a prediction cannot be acknowledged."""
 
 
-def spool_fsync_enabled(settings: Settings) -> bool:
-    """``settings.spool_fsync`` if Settings has it, else ``FRAUD_SPOOL_FSYNC`` (1/true/yes/on;
-    default off: page cache, which survives a worker crash but not a power loss)."""
-    value = getattr(settings, "spool_fsync", None)
-    if value is None:
-        value = os.environ.get("FRAUD_SPOOL_FSYNC", "").strip().lower() in (
-            "1",
-            "true",
-            "yes",
-            "on",
-        )
-    return bool(value)
+def spool_fsync_enabled() -> bool:
+    """``FRAUD_SPOOL_FSYNC`` (1/true/yes/on; default off: page cache, which survives a worker
+    crash but not a power loss)."""
+    return os.environ.get("FRAUD_SPOOL_FSYNC", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class PredictionLog:
@@ -75,7 +67,7 @@ class PredictionLog:
         self.engine_factory = engine_factory
         self.dir = Path(settings.spool_dir)
         self.segment_bytes = segment_bytes
-        self.fsync = spool_fsync_enabled(settings) if fsync is None else fsync
+        self.fsync = spool_fsync_enabled() if fsync is None else fsync
         self.batch_size = max(1, settings.log_batch_size)
         self.flush_seconds = max(0.01, settings.log_flush_seconds)
         self.wid = f"{os.getpid()}-{secrets.token_hex(4)}"

@@ -79,11 +79,13 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 
 def dump_json(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as pretty JSON (NaN becomes null), creating parent directories."""
+    """Write ``payload`` as strict JSON (NaN/inf become null), creating parent directories."""
+    from fraud_lib.drift import json_safe
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    clean = json.loads(json.dumps(payload, default=str).replace("NaN", "null"))
-    p.write_text(json.dumps(clean, indent=2) + "\n")
+    clean = json_safe(json.loads(json.dumps(payload, default=str)))
+    p.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
 
 
 def _engine(settings: Settings) -> Any:

@@ -146,7 +146,8 @@ def train(
         ref = registry.log_model(
             result, settings, data_ref=str(data_path), run_name=f"train-{model_type}-{resample}"
         )
-        assert ref is not None
+        if ref is None:
+            raise FraudError("the model was trained but not registered in MLflow")
         payload.update(model_name=ref.name, version=ref.version, run_id=ref.run_id)
         click.echo(
             f"registered {ref.name} version {ref.version} (alias challenger); "
@@ -273,8 +274,6 @@ def models(ctx: click.Context, as_json: bool, events: int) -> None:
     )
     if history:
         click.echo("")
-        for e in history:
-            e["challenger_metric"] = e.get("challenger_metric")
         print_table(
             history,
             [

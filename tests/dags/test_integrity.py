@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.dags.conftest import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER
+from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER
 
 pytestmark = AIRFLOW_WARNING_FILTERS
 

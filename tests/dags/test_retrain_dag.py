@@ -30,7 +30,7 @@ from fraud_lib.features import predict_scores
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.train import train_model
 from fraud_lib.window import run_key_for
-from tests.dags.conftest import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
+from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
 
 pytestmark = [pytest.mark.slow, *AIRFLOW_WARNING_FILTERS]
 

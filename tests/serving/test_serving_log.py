@@ -57,8 +57,21 @@ def log_settings(settings):
     return replace(settings, log_flush_seconds=0.05, log_batch_size=100)
 
 
+_STARTED: list[PredictionLog] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_logs():
+    """Every log a test made is closed (its shipper thread stopped) even if the test failed."""
+    yield
+    while _STARTED:
+        _STARTED.pop().close(timeout=1.0)
+
+
 def make_log(settings, pg_engine, **kwargs):
-    return PredictionLog(settings, Metrics(), lambda: pg_engine, **kwargs)
+    log = PredictionLog(settings, Metrics(), lambda: pg_engine, **kwargs)
+    _STARTED.append(log)
+    return log
 
 
 def test_lines_round_trip_exactly():
@@ -208,7 +221,8 @@ def test_a_sigkilled_writers_spool_is_adopted_and_shipped(log_settings, pg_engin
         assert not (remaining & dead_files)  # the dead writer's files are gone
         assert store.prediction_count(pg_engine) == 100  # the cut-off line was not shipped
     finally:
-        assert log.close() is True
+        drained = log.close()
+    assert drained is True
 
 
 def test_rows_postgres_refuses_are_set_aside_not_blocking(log_settings, pg_engine):
@@ -238,6 +252,7 @@ def test_close_with_postgres_down_keeps_the_spool_for_the_next_writer(log_settin
         raise DatabaseError("postgres is down (simulated)")
 
     log = PredictionLog(log_settings, Metrics(), down)
+    _STARTED.append(log)
     log.start()
     data, pids = lines_for(12)
     log.append(data, 12)
