@@ -180,6 +180,17 @@ def metric_sum(url: str, name: str) -> float:
     return total
 
 
+def wait_backlog_below(url: str, limit: float, timeout: float) -> float:
+    """Poll every worker's prediction-log backlog until it is below ``limit`` records; the time
+    it got there (NaN on timeout)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metric_sum(url, "fraud_prediction_log_backlog_records") < limit:
+            return time.time()
+        time.sleep(0.1)
+    return float("nan")
+
+
 def wait_drain(engine: Any, ids: list[str], timeout: float = 180) -> float:
     from fraud_lib import store
 
@@ -349,11 +360,7 @@ def main() -> None:
         # Full load (4 clients), then one client: the rate the log sustains with a flat backlog.
         results["logging"] = logging_phase(4)
         say(f"logging: {results['logging']}")
-        drain_until = time.time() + 180  # the full-load backlog ships before the next run
-        while time.time() < drain_until:
-            if metric_sum(url, "fraud_prediction_log_backlog_records") < 1000:
-                break
-            time.sleep(0.5)
+        wait_backlog_below(url, 1000, timeout=180)  # the full-load backlog ships first
         truncate(engine)
         results["logging_one_client"] = logging_phase(1)
         say(f"logging, one client: {results['logging_one_client']}")
@@ -399,12 +406,8 @@ def main() -> None:
             peak = metric_sum(url, "fraud_prediction_log_backlog_records")
             pg.ensure_running()
             t_up = time.time()
-            t_drained = float("nan")
-            while time.time() < t_up + 60:  # backlog back to its steady level (< 1 s of load)
-                if metric_sum(url, "fraud_prediction_log_backlog_records") < 1000:
-                    t_drained = time.time()
-                    break
-                time.sleep(0.1)
+            # backlog back to its steady level (< 1 s of load)
+            t_drained = wait_backlog_below(url, 1000, timeout=60)
             return {"t_stop": t0, "t_down": t_down, "t_up_begin": t_up_begin, "t_up": t_up,
                     "t_drained": t_drained, "backlog_peak": peak}  # fmt: skip
 

@@ -45,13 +45,18 @@ def airflow_env(settings: Settings, dags_folder: str | None = None) -> dict[str,
     return env
 
 
+def console_script(name: str) -> str:
+    """The ``name`` command of this environment (next to the running Python, else on PATH)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise FraudError(f"the {name} command was not found; run `make install` first")
+    return found
+
+
 def airflow_exe() -> str:
     """The ``airflow`` command of this environment."""
-    beside = Path(sys.executable).parent / "airflow"
-    found = str(beside) if beside.exists() else shutil.which("airflow")
-    if not found:
-        raise FraudError("the airflow command was not found; run `make install` first")
-    return found
+    return console_script("airflow")
 
 
 def ensure_db(env: dict[str, str], say: Callable[[str], None]) -> Path:

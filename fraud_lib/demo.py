@@ -18,7 +18,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -94,8 +93,8 @@ def check_reset_is_local(settings: Settings) -> None:
 
 
 def reset_state(settings: Settings, engine: Any, say: Callable[[str], None]) -> None:
-    """Remove what an earlier demo left: local MLflow store, windows, spool, reports, rows."""
-    check_reset_is_local(settings)
+    """Remove what an earlier demo left: local MLflow store, windows, spool, reports, rows.
+    Callers run :func:`check_reset_is_local` first, before connecting to anything."""
     say("resetting demo state (MLflow store, windows, spool, reports, logged rows)")
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):
         Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).unlink(missing_ok=True)
@@ -117,7 +116,7 @@ def scoring_service(
     url = f"http://127.0.0.1:{port}"
     log_path = settings.state_dir / "demo" / "scoring.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    fraud = fraud_exe()
+    fraud = airflow_local.console_script("fraud")
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
             [fraud, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
@@ -364,17 +363,8 @@ def print_summary(report: DemoReport, settings: Settings, echo: Callable[[str], 
     echo("  make clean            # remove all of it")
 
 
-def fraud_exe() -> str:
-    """The ``fraud`` command of this environment (next to the running Python, else on PATH)."""
-    beside = Path(sys.executable).with_name("fraud")
-    found = str(beside) if beside.exists() else shutil.which("fraud")
-    if not found:
-        raise FraudError(f"`fraud` is not installed next to {sys.executable}; run make install")
-    return found
-
-
 def demo_env_ok() -> None:
     """Fail early when the project's console scripts are missing (not installed)."""
-    fraud_exe()
+    airflow_local.console_script("fraud")
     airflow_local.airflow_exe()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
