@@ -67,6 +67,41 @@ def test_migrate_is_idempotent(pg_engine):
     assert {"ix_predictions_tx_scored_at", "ix_predictions_scored_at"} <= indexes
 
 
+def test_migrate_turns_an_older_jsonb_features_column_into_json(pg_engine):
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA IF EXISTS older CASCADE")
+        conn.exec_driver_sql("CREATE SCHEMA older")
+        conn.exec_driver_sql("SET LOCAL search_path TO older")
+        conn.exec_driver_sql(
+            "CREATE TABLE predictions (prediction_id text PRIMARY KEY, transaction_id text NOT "
+            "NULL, scored_at timestamptz NOT NULL DEFAULT now(), event_time float8, features "
+            "jsonb NOT NULL, score float8 NOT NULL, is_fraud bool, threshold float8, risk_level "
+            "text, model_name text, model_version text, request_id text, written_at timestamptz "
+            "NOT NULL DEFAULT now())"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO predictions (prediction_id, transaction_id, features, score) VALUES "
+            """('p0', 't0', '{"V1": 1.5, "V2": 1180591620717411303424}', 0.5)"""
+        )
+        store.migrate(conn)
+        store.migrate(conn)
+        kind = conn.exec_driver_sql(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = 'older' "
+            "AND table_name = 'predictions' AND column_name = 'features'"
+        ).scalar_one()
+        assert kind == "json"
+        assert store.insert_predictions(conn, [{"prediction_id": "p1", "transaction_id": "t1",
+                                                "features": {"V1": 2.5}, "score": 0.1}]) == 1  # fmt: skip
+        features = (
+            conn.exec_driver_sql("SELECT features FROM predictions ORDER BY prediction_id")
+            .scalars()
+            .all()
+        )
+        assert features == [{"V1": 1.5, "V2": 1180591620717411303424}, {"V1": 2.5}]
+        conn.exec_driver_sql("RESET search_path")
+        conn.exec_driver_sql("DROP SCHEMA older CASCADE")
+
+
 def test_connect_store_uses_the_settings_database(settings):
     engine = store.connect_store(settings)
     assert engine.url.port == sa.make_url(settings.database_url).port

@@ -246,7 +246,7 @@ def test_integers_beyond_64_bits_are_numbers(client, frames, pg_engine):
         features = conn.exec_driver_sql(
             "SELECT features FROM predictions WHERE prediction_id = %s", (pid,)
         ).scalar_one()
-    assert float(features["V4"]) == float(2**70)  # jsonb keeps 1.1805916207174113e21 exactly
+    assert float(features["V4"]) == float(2**70)  # json keeps 1.1805916207174113e21 exactly
 
 
 @pytest.mark.parametrize(
