@@ -1,8 +1,9 @@
 """The scoring API: ``POST /v1/score``, ``POST /v1/labels``, ``GET /v1/model``.
 
 The score path is kept short: parse, validate against the served model's schema, score with
-its fastest verified predictor, append to the spool, answer. msgspec encodes the answer and
-the spool lines from Structs (``json.dumps`` of 10,000 dicts costs more than scoring them).
+its fastest verified predictor, append one spool line for the request, answer. msgspec encodes
+the answer and the spool line from Structs (``json.dumps`` of 10,000 dicts costs more than
+scoring them).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from fraud_lib import store
 from fraud_lib.errors import DatabaseError, DataError
 from serving.prediction_log import LogUnavailable
-from serving.spool import encode_lines, feature_row
+from serving.spool import Block, encode_block
 from serving.typed_batch import decode_batch
 from serving.validation import (
     ApiError,
@@ -109,13 +110,11 @@ def score() -> Response:
     n = len(txs)
     if txs.X is not None:
         scores = np.asarray(served.score_matrix(txs.X), dtype=float)
-        if txs.rows is not None:
-            features: list[Any] = txs.rows
-        else:
-            features = list(map(feature_row(served.schema.features), *txs.X.T.tolist()))
+        logged = {"columns": list(served.schema.features),
+                  "x": np.ascontiguousarray(txs.X, dtype="<f8").tobytes()}  # fmt: skip
     else:
         scores = served.score_records(txs.records or [])
-        features = txs.records or []
+        logged = {"features": txs.records or []}  # dicts: msgspec encodes them as objects
     threshold = float(served.threshold)
     fraud = (scores >= threshold).tolist()
     risk = risk_levels(scores, st.settings.risk_medium, st.settings.risk_high)
@@ -125,22 +124,23 @@ def score() -> Response:
     ids = list(txs.ids)
     for i, generated in zip(missing, new_ids(len(missing)) if missing else [], strict=True):
         ids[i] = generated
-    lines = encode_lines(
-        prediction_ids=pids,
-        transaction_ids=ids,  # type: ignore[arg-type]
+    block = Block(
+        n=n,
         scored_at=time.time(),
-        event_times=txs.event_times,
-        scores=score_list,
-        is_fraud=fraud,
         threshold=threshold,
-        risk_levels=risk,
         model_name=served.name,
         model_version=served.version,
         request_id=g.request_id,
-        features=features,
+        prediction_ids=pids,
+        transaction_ids=ids,  # type: ignore[arg-type]
+        event_times=txs.event_times,
+        scores=score_list,
+        is_fraud=fraud,
+        risk_levels=risk,
+        **logged,
     )
     try:
-        st.log.append(lines, n)
+        st.log.append(encode_block(block), n)
     except LogUnavailable as exc:
         raise ApiError(
             503,

@@ -3,7 +3,7 @@
 A request is answered only after its predictions are appended to this worker's spool with one
 ``os.write`` (in the OS page cache: safe from a worker crash or SIGKILL; ``FRAUD_SPOOL_FSYNC=1``
 adds an ``fdatasync`` per request for safety from power loss too). A background thread ships
-the spool to Postgres with :func:`fraud_lib.store.insert_predictions` (COPY, idempotent on
+the spool to Postgres with :func:`fraud_lib.store.copy_predictions` (COPY, idempotent on
 ``prediction_id``), so Postgres being slow or down never touches the request path. The file
 layout and line format are in :mod:`serving.spool`.
 
@@ -31,7 +31,15 @@ from typing import Any
 from fraud_lib import store
 from fraud_lib.config import Settings
 from fraud_lib.errors import DatabaseError, DataError
-from serving.spool import SEGMENT_NAME, Segments, count_lines, decode_lines, reencode, write_all
+from serving.spool import (
+    SEGMENT_NAME,
+    Segments,
+    count_records,
+    decode_lines,
+    line_records,
+    reencode,
+    write_all,
+)
 
 log = logging.getLogger(__name__)
 
@@ -267,13 +275,14 @@ class PredictionLog:
             self._insert(lines, src)
             src.seq, src.offset = seq, offset
             src.save()
+            records = sum(map(line_records, lines))
             if src is self._own:
                 with self._lock:
-                    self._shipped += len(lines)
+                    self._shipped += records
             else:
-                src.records = max(0, src.records - len(lines))
+                src.records = max(0, src.records - records)
             self.last_shipped_at = time.time()
-            return len(lines)
+            return records
         return 0
 
     def _insert(self, lines: list[bytes], src: Segments) -> None:
@@ -288,11 +297,11 @@ class PredictionLog:
         self.rows_written += written
         self.metrics.log_rows_written.inc(written)
 
-    def _insert_isolating(self, engine: Any, rows: list[dict], bad: list[bytes]) -> int:
+    def _insert_isolating(self, engine: Any, rows: list[tuple], bad: list[bytes]) -> int:
         """Insert ``rows``; if Postgres rejects the batch, bisect to find and set aside the
         rejected rows (re-inserting is harmless: the insert is idempotent)."""
         try:
-            return store.insert_predictions(engine, rows)
+            return store.copy_predictions(engine, rows)
         except DataError:
             if len(rows) == 1:
                 bad.append(reencode(rows[0]))
@@ -307,8 +316,11 @@ class PredictionLog:
         rejected.mkdir(exist_ok=True)
         with open(rejected / f"{src.wid}.spool", "ab") as fh:
             fh.write(b"".join(line.rstrip(b"\n") + b"\n" for line in lines))
-        self.metrics.log_write_errors.labels("rejected").inc(len(lines))
-        log.error("prediction log: Postgres refused %d rows; kept in %s", len(lines), rejected)
+        records = sum(map(line_records, lines))
+        self.metrics.log_write_errors.labels("rejected").inc(records)
+        log.error(
+            "prediction log: %d predictions could not be stored; kept in %s", records, rejected
+        )
 
     # ------------------------------------------------------------------ orphans
     def _adopt_orphans(self) -> None:
@@ -334,7 +346,7 @@ class PredictionLog:
                 os.close(fd)
                 continue
             src = Segments(self.dir, wid, fd, own=False)
-            src.records = count_lines(src)
+            src.records = count_records(src)
             self._orphans.append(src)
             log.info("prediction log: adopted %s of a dead worker (%d records to ship)",
                      wid, src.records)  # fmt: skip

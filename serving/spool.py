@@ -7,11 +7,12 @@ Files in ``settings.spool_dir``, for a writer id ``W`` (pid + random, new at eve
     W.offset          "<segment> <byte offset>" shipped so far, rewritten after each commit
     rejected/W.spool  lines Postgres refused (never expected; kept, counted, logged)
 
-A line is a JSON array (prediction_id, transaction_id, scored_at epoch seconds, event_time,
-score, is_fraud, threshold, risk_level, model_name, model_version, request_id), a TAB, the
-features as JSON object text (shipped as is, never re-encoded), and LF. msgspec writes and
-reads them (floats as their shortest round-trip text, so they come back exactly); the features
-of a numeric schema are a :func:`feature_row` Struct per row (~1.7x faster than a dict).
+A line is one request's predictions: a :class:`Block` as JSON, then LF (msgspec writes and
+reads it; floats as their shortest round-trip text, so they come back exactly). The features
+of a numeric schema are the request's float64 matrix as bytes (base64 in the JSON): written in
+~2 ms for 10,000 predictions where a JSON object per prediction took ~25 ms; the shipper turns
+them into the JSON objects Postgres stores, off the request path. Any other schema's features
+are one JSON object per prediction.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -34,34 +37,84 @@ READ_CHUNK = 4 * 1024 * 1024
 SEGMENT_NAME = re.compile(r"^(?P<wid>[A-Za-z0-9-]+)\.(?P<seq>\d{6,})\.spool$")
 
 
-# prediction_id, transaction_id, scored_at, event_time, score, is_fraud, threshold,
-# risk_level, model_name, model_version, request_id
-Head = tuple[str, str, float, float | None, float, bool, float, str, str, str, str]
-_HEAD = msgspec.json.Decoder(Head)
+class Block(msgspec.Struct, gc=False):
+    """The predictions of one request, as one spool line (``n`` first: :func:`line_records`)."""
+
+    n: int
+    scored_at: float  # epoch seconds
+    threshold: float
+    model_name: str
+    model_version: str
+    request_id: str
+    prediction_ids: list[str]
+    transaction_ids: list[str]
+    event_times: list[float | None]
+    scores: list[float]
+    is_fraud: list[bool]
+    risk_levels: list[str]
+    columns: list[str] = []  # the columns of ``x``
+    x: bytes | None = None  # n x len(columns) float64, little-endian, row by row
+    features: list[msgspec.Raw] | None = None  # else: one JSON object per prediction
+
+
+_BLOCK = msgspec.json.Decoder(Block)
 _ENCODER = msgspec.json.Encoder()
+_PREFIX = b'{"n":'
+_PER_ROW = ("prediction_ids", "transaction_ids", "event_times", "scores", "is_fraud",
+            "risk_levels")  # fmt: skip
 
 
-def decode_lines(lines: Sequence[bytes]) -> tuple[list[dict[str, Any]], list[bytes]]:
-    """Spool lines as rows for :func:`fraud_lib.store.insert_predictions`, and the lines that
-    cannot be read (a head that is not the 11 typed fields). The features stay JSON text."""
-    rows, bad = [], []
-    stamps: dict[float, datetime] = {}  # the lines of one request share their scored_at
+def encode_block(block: Block) -> bytes:
+    """``block`` as a spool line."""
+    return _ENCODER.encode(block) + b"\n"
+
+
+def line_records(line: bytes) -> int:
+    """The number of predictions in a spool line (1 for a line that is not a block)."""
+    if line.startswith(_PREFIX):
+        with contextlib.suppress(ValueError):
+            return max(1, int(line[len(_PREFIX) : line.find(b",", len(_PREFIX))]))
+    return 1
+
+
+def _block_features(block: Block) -> list[bytes]:
+    """The features of each prediction of ``block`` as JSON object text (UTF-8)."""
+    if block.x is not None:
+        width = len(block.columns)
+        if len(block.x) != 8 * width * block.n:
+            raise ValueError(f"x holds {len(block.x)} bytes, not {block.n} x {width} float64")
+        X = np.frombuffer(block.x, dtype="<f8").reshape(block.n, width)
+        row, encode = feature_row(tuple(block.columns)), _ENCODER.encode
+        return [encode(row(*values)) for values in X.tolist()]
+    if block.features is None or len(block.features) != block.n:
+        raise ValueError("a block needs x or one features object per prediction")
+    texts = [bytes(f) for f in block.features]
+    for text in texts:
+        text.decode()  # UTF-8, or a ValueError: the line is set aside
+    return texts
+
+
+def decode_lines(lines: Sequence[bytes]) -> tuple[list[tuple[Any, ...]], list[bytes]]:
+    """Spool lines as rows for :func:`fraud_lib.store.copy_predictions` (tuples in
+    ``PREDICTION_FIELDS`` order, features as UTF-8 JSON text), and the lines that cannot be read
+    (kept whole)."""
+    rows: list[tuple[Any, ...]] = []
+    bad = []
     for line in lines:
-        head, _, features = line.rstrip(b"\n").partition(b"\t")
         try:
-            h = _HEAD.decode(head)
-            if (scored_at := stamps.get(h[2])) is None:
-                scored_at = stamps[h[2]] = datetime.fromtimestamp(h[2], UTC)
-            text = features.decode()
+            b = _BLOCK.decode(line)
+            if any(len(getattr(b, name)) != b.n for name in _PER_ROW):
+                raise ValueError(f"a block of {b.n} predictions with lists of other lengths")
+            features = _block_features(b)
+            scored_at = datetime.fromtimestamp(b.scored_at, UTC)
         except (msgspec.DecodeError, ValueError, OverflowError, OSError):
             bad.append(line)  # msgspec.ValidationError (wrong types) is a DecodeError
             continue
-        rows.append({
-            "prediction_id": h[0], "transaction_id": h[1], "scored_at": scored_at,
-            "event_time": h[3], "score": h[4], "is_fraud": h[5], "threshold": h[6],
-            "risk_level": h[7], "model_name": h[8], "model_version": h[9], "request_id": h[10],
-            "features": text,
-        })  # fmt: skip
+        rows += zip(
+            b.prediction_ids, b.transaction_ids, repeat(scored_at), b.event_times, features,
+            b.scores, b.is_fraud, repeat(b.threshold), b.risk_levels, repeat(b.model_name),
+            repeat(b.model_version), repeat(b.request_id), strict=False,  # all n long (checked)
+        )  # fmt: skip
     return rows, bad
 
 
@@ -115,9 +168,9 @@ class Segments:
         return total
 
     def next_lines(
-        self, max_lines: int, open_seq: int | None, open_size: int
+        self, max_records: int, open_seq: int | None, open_size: int
     ) -> tuple[list[bytes], int, int]:
-        """Up to ``max_lines`` complete lines from the position, with the position after them.
+        """Complete lines up to ``max_records`` predictions from the position, with the position after them.
         Finished segments (closed and fully shipped) are deleted on the way."""
         while True:
             if not self.segment(self.seq).exists():
@@ -134,7 +187,7 @@ class Segments:
                     return [], self.seq, self.offset
                 path.unlink(missing_ok=True)  # closed and fully shipped
                 continue
-            lines, consumed = _read_lines(path, self.offset, end, max_lines)
+            lines, consumed = _read_lines(path, self.offset, end, max_records)
             if not lines:
                 if is_open:
                     return [], self.seq, self.offset
@@ -160,8 +213,9 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _read_lines(path: Path, start: int, end: int, max_lines: int) -> tuple[list[bytes], int]:
-    """Complete lines of ``path`` in ``[start, end)``, at most ``max_lines``; bytes consumed."""
+def _read_lines(path: Path, start: int, end: int, max_records: int) -> tuple[list[bytes], int]:
+    """Complete lines of ``path`` in ``[start, end)`` up to ``max_records`` predictions (at
+    least one line); bytes consumed."""
     with open(path, "rb") as fh:
         chunk = READ_CHUNK
         while True:
@@ -170,13 +224,17 @@ def _read_lines(path: Path, start: int, end: int, max_lines: int) -> tuple[list[
             if b"\n" in data or start + len(data) >= end:
                 break
             chunk *= 4  # one line longer than the chunk
-    # the part after the last LF split off is the rest of the chunk, or a line still incomplete
-    lines = data.split(b"\n", max_lines)[:-1]
-    return lines, sum(len(x) + 1 for x in lines)
+    # the part after the last LF is the rest of the chunk, or a line still incomplete
+    lines, records, pos = [], 0, 0
+    while records < max_records and (stop := data.find(b"\n", pos)) >= 0:
+        lines.append(data[pos:stop])
+        records += line_records(lines[-1])
+        pos = stop + 1
+    return lines, pos
 
 
-def count_lines(src: Segments) -> int:
-    """Complete lines not yet shipped in ``src`` (a dead writer's backlog, for the metrics)."""
+def count_records(src: Segments) -> int:
+    """Predictions not yet shipped in ``src`` (a dead writer's backlog, for the metrics)."""
     total = 0
     for seq in src.segments():
         if seq < src.seq:
@@ -184,16 +242,19 @@ def count_lines(src: Segments) -> int:
         with open(src.segment(seq), "rb") as fh:
             if seq == src.seq:
                 fh.seek(src.offset)
-            total += fh.read().count(b"\n")
+            total += sum(map(line_records, fh.read().split(b"\n")[:-1]))
     return total
 
 
-def reencode(row: dict[str, Any]) -> bytes:
-    """A decoded row (:func:`decode_lines`) as a spool line again (for the rejected file)."""
-    head = [row["prediction_id"], row["transaction_id"], row["scored_at"].timestamp(),
-            row["event_time"], row["score"], row["is_fraud"], row["threshold"],
-            row["risk_level"], row["model_name"], row["model_version"], row["request_id"]]  # fmt: skip
-    return _ENCODER.encode(head) + b"\t" + row["features"].encode() + b"\n"
+def reencode(row: tuple[Any, ...]) -> bytes:
+    """A decoded row (:func:`decode_lines`) as a one-prediction spool line (the rejected file)."""
+    pid, tx, scored_at, event, features, score, fraud, threshold, risk, name, version, rid = row
+    return encode_block(Block(
+        n=1, scored_at=scored_at.timestamp(), threshold=threshold, model_name=name,
+        model_version=version, request_id=rid, prediction_ids=[pid], transaction_ids=[tx],
+        event_times=[event], scores=[score], is_fraud=[fraud], risk_levels=[risk],
+        features=[msgspec.Raw(features if isinstance(features, bytes) else features.encode())],
+    ))  # fmt: skip
 
 
 @functools.lru_cache(maxsize=16)
@@ -209,35 +270,3 @@ def feature_row(features: tuple[str, ...]) -> Callable[..., Any]:
         )
     except ValueError:
         return lambda *values: dict(zip(features, values, strict=True))
-
-
-def encode_lines(
-    *,
-    prediction_ids: Sequence[str],
-    transaction_ids: Sequence[str],
-    scored_at: float,
-    event_times: Sequence[float | None],
-    scores: Sequence[float],
-    is_fraud: Sequence[bool],
-    threshold: float,
-    risk_levels: Sequence[str],
-    model_name: str,
-    model_version: str,
-    request_id: str,
-    features: Sequence[Any],
-) -> bytes:
-    """Spool lines for one request. ``features``: per prediction, an object msgspec encodes as
-    a JSON object of finite values (made by :func:`feature_row`, or a dict)."""
-    buf = bytearray()
-    encode_into = _ENCODER.encode_into
-    for pid, tx, event, score, fraud, risk, feats in zip(
-        prediction_ids, transaction_ids, event_times, scores, is_fraud, risk_levels, features,
-        strict=True,
-    ):  # fmt: skip
-        head = (pid, tx, scored_at, event, score, fraud, threshold, risk, model_name,
-                model_version, request_id)  # fmt: skip
-        encode_into(head, buf, -1)
-        buf += b"\t"
-        encode_into(feats, buf, -1)
-        buf += b"\n"
-    return bytes(buf)

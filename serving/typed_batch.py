@@ -12,15 +12,12 @@ It accepts only what that generic path accepts, with the same values: whatever m
 refuses, and a batch that is empty, too large, or has an empty, too long, NUL-holding or
 duplicate transaction id, gives ``None``, and the caller takes the generic path, which
 answers the field-level 400 (or the 413) naming each problem.
-
-The decoded Structs are then the features of the spool lines: their optional fields are
-reset to their default (``None``) and left out when encoded (``omit_defaults``), so each
-encodes as ``{feature: value, ...}`` in schema order, like :func:`serving.spool.feature_row`.
 """
 
 from __future__ import annotations
 
 import functools
+from itertools import chain
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -36,10 +33,10 @@ BATCH_KEY = "transactions"
 class _TypedBatch(NamedTuple):
     decoder: msgspec.json.Decoder
     features: attrgetter  # a record -> its feature values, in schema order
+    width: int
     transaction_id: attrgetter
     event_time: attrgetter
     time: attrgetter
-    optional: tuple[str, ...]  # attribute names of the optional fields
 
 
 @functools.lru_cache(maxsize=16)
@@ -62,7 +59,7 @@ def _typed_batch(schema: FeatureSchema) -> _TypedBatch | None:
     fields += [(a, kind, None) for a, kind in zip(attrs[width:], optional.values(), strict=True)]
     try:
         record = msgspec.defstruct("TypedTransaction", fields, rename=dict(zip(attrs, names, strict=True)),
-                                   forbid_unknown_fields=True, omit_defaults=True, gc=False)  # fmt: skip
+                                   forbid_unknown_fields=True, gc=False)  # fmt: skip
     except ValueError:
         return None
     batch = msgspec.defstruct(
@@ -74,10 +71,10 @@ def _typed_batch(schema: FeatureSchema) -> _TypedBatch | None:
     return _TypedBatch(
         decoder=msgspec.json.Decoder(batch),
         features=attrgetter(*attrs[:width]),
+        width=width,
         transaction_id=attrgetter(attr["transaction_id"]),
         event_time=attrgetter(attr["event_time"]),
         time=attrgetter(attr[schema.time]),
-        optional=tuple(attrs[width:]),
     )
 
 
@@ -93,17 +90,19 @@ def decode_batch(body: bytes, schema: FeatureSchema, max_batch: int) -> Transact
     if not 0 < len(records) <= max_batch:
         return None
     ids = list(map(typed.transaction_id, records))
-    present = [t for t in ids if t is not None]
-    if len(set(present)) != len(present) or not all(0 < len(t) <= MAX_ID_LENGTH for t in present):
-        return None
-    if "\x00" in "".join(present):
-        return None
+    present = ids if None not in ids else [t for t in ids if t is not None]
+    if present:
+        lengths = list(map(len, present))
+        if min(lengths) == 0 or max(lengths) > MAX_ID_LENGTH or len(set(present)) != len(present):
+            return None
+        if "\x00" in "".join(present):
+            return None
     events = list(map(typed.event_time, records))
     if None in events:  # event_time, when given, wins over the time column
         times = map(typed.time, records)
         events = [t if e is None else e for e, t in zip(events, times, strict=True)]
-    X = np.array(list(map(typed.features, records)), dtype=np.float64).reshape(len(records), -1)
-    for attr in typed.optional:  # features only, when encoded for the spool
-        for record in records:
-            setattr(record, attr, None)
-    return Transactions(batch=True, ids=ids, event_times=events, X=X, rows=records)
+    n, width = len(records), typed.width
+    # one pass over the records' values, no list of row tuples in between (~1.4x faster)
+    values = map(typed.features, records)  # a tuple per record, a float if one feature
+    X = np.fromiter(chain.from_iterable(values) if width > 1 else values, np.float64, n * width)
+    return Transactions(batch=True, ids=ids, event_times=events, X=X.reshape(n, width))

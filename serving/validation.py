@@ -22,8 +22,10 @@ from typing import Any
 import msgspec
 import numpy as np
 from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from fraud_lib.schema import FeatureSchema
+from serving.request_body import BulkBody
 
 MAX_ID_LENGTH = 200
 MAX_FIELD_ERRORS = 50
@@ -70,6 +72,12 @@ def read_json_body(request: Request) -> bytes:
             "unsupported_media_type",
             f"send the body as JSON with Content-Type: application/json (got {mimetype or 'none'!r})",
         )
+    stream, length = request.environ.get("wsgi.input"), request.content_length
+    if isinstance(stream, BulkBody) and length is not None:  # under gunicorn: in one read
+        limit = request.max_content_length
+        if limit is not None and length > limit:
+            raise RequestEntityTooLarge()
+        return stream.read_rest()
     return request.get_data(cache=False)  # 413 from MAX_CONTENT_LENGTH is raised here
 
 
@@ -166,9 +174,6 @@ class Transactions:
     event_times: list[float | None]
     X: np.ndarray | None = None  # float64, schema.features order (numeric-only schemas)
     records: list[dict[str, Any]] | None = None  # validated records (schemas with categoricals)
-    rows: list[Any] | None = (
-        None  # per record, its features as msgspec encodes them (typed batches)
-    )
 
     def __len__(self) -> int:
         return len(self.ids)

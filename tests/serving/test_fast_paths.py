@@ -18,7 +18,6 @@ from werkzeug.wsgi import LimitedStream
 from fraud_lib.schema import FeatureSchema
 from serving.request_body import BulkBody
 from serving.scoring import SPLIT_BATCH, ServedModel
-from serving.spool import encode_lines, feature_row
 from serving.typed_batch import decode_batch
 from serving.validation import ApiError, decode_json, validate_transactions
 
@@ -38,16 +37,6 @@ def _body(records: list[dict[str, object]], **top: object) -> bytes:
     return json.dumps({"transactions": records, **top}).encode()
 
 
-def _spool_features(rows: list[object]) -> bytes:
-    n = len(rows)
-    return encode_lines(
-        prediction_ids=["p"] * n, transaction_ids=["t"] * n, scored_at=1.0,
-        event_times=[None] * n, scores=[0.5] * n, is_fraud=[False] * n, threshold=0.5,
-        risk_levels=["low"] * n, model_name="m", model_version="1", request_id="r",
-        features=rows,
-    )  # fmt: skip
-
-
 def test_a_clean_batch_decodes_as_the_generic_path_validates_it():
     records = [
         _record(0, transaction_id="a", Time=5, Class=1),
@@ -62,10 +51,13 @@ def test_a_clean_batch_decodes_as_the_generic_path_validates_it():
     assert typed.batch and typed.ids == generic.ids == ["a", None, "c", None]
     assert typed.event_times == generic.event_times == [5.0, 7.5, None, None]
     assert typed.X.dtype == np.float64 and np.array_equal(typed.X, generic.X)
-    # the decoded records are the spool's features: the same bytes as from the matrix
-    row = feature_row(SCHEMA.features)
-    assert typed.rows is not None
-    assert _spool_features(typed.rows) == _spool_features([row(*v) for v in generic.X.tolist()])
+
+
+def test_a_one_feature_schema_decodes_too():
+    one = FeatureSchema(features=("V1",), time="Time")
+    typed = decode_batch(_body([{"V1": 1.5}, {"V1": -2, "Time": 3}]), one, 10)
+    assert typed is not None and typed.X is not None
+    assert typed.X.tolist() == [[1.5], [-2.0]] and typed.event_times == [None, 3.0]
 
 
 @pytest.mark.parametrize(
@@ -121,15 +113,23 @@ def test_split_scoring_equals_one_call():
 
 
 @pytest.mark.parametrize("head", [0, 100])
-def test_bulk_body_reads_what_gunicorns_body_reads(head):
+@pytest.mark.parametrize("rest", ["through werkzeug", "read_rest"])
+def test_bulk_body_reads_what_gunicorns_body_reads(head, rest):
     data = msgspec.json.encode([{"V1": i / 7, "id": f"t{i}"} for i in range(60_000)]) + b"\nend"
     sender, receiver = socket.socketpair()
-    thread = threading.Thread(target=sender.sendall, args=(data,))
+    thread = threading.Thread(target=sender.sendall, args=(data + b"GET /next",))
     thread.start()
     try:
-        body = BulkBody(LengthReader(SocketUnreader(receiver), len(data)))
+        unreader = SocketUnreader(receiver)
+        body = BulkBody(LengthReader(unreader, len(data)))
         got = body.read(head) + body.readline(10) if head else b""  # then buffered bytes first
-        got += LimitedStream(body, len(data) - len(got)).read()
+        if rest == "read_rest":
+            got += body.read_rest()
+            assert unreader.mxchunk == 8192  # raised for the read only
+        else:
+            got += LimitedStream(body, len(data) - len(got)).read()
+        thread.join()
+        assert unreader.read() == b"GET /next"  # a pipelined request is left for gunicorn
     finally:
         thread.join()
         sender.close()

@@ -4,6 +4,7 @@ exact row counts in Postgres."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -203,3 +204,40 @@ def test_a_sigkilled_worker_loses_no_acknowledged_prediction(
     leftovers = sorted(p.name for p in serving_settings.spool_dir.glob("*") if p.is_file())
     assert leftovers == [], leftovers
     assert store.prediction_count(pg_engine) == len(load.acked) + extra
+
+
+def test_a_large_batch_is_logged_exactly_and_an_oversized_body_is_413(
+    start_service, frames, pg_engine
+):
+    rows = frames[1].iloc[:3000].to_dict("records")
+    for i, row in enumerate(rows):
+        row["transaction_id"] = f"bulk-{i}"
+    body = json.dumps({"transactions": rows}).encode()
+    service = start_service(workers=1, FRAUD_MAX_BODY_BYTES=str(len(body) + 10))
+    resp = requests.post(
+        service.url + "/v1/score", data=body, headers={"Content-Type": "application/json"},
+        timeout=60,
+    )  # fmt: skip
+    assert resp.status_code == 200, resp.text[:500]
+    predictions = resp.json()["predictions"]
+    assert [p["transaction_id"] for p in predictions] == [r["transaction_id"] for r in rows]
+    pids = [p["prediction_id"] for p in predictions]
+    wait_rows(pg_engine, pids)
+    with pg_engine.connect() as conn:
+        stored = dict(
+            conn.exec_driver_sql(
+                "SELECT transaction_id, features::text FROM predictions WHERE transaction_id "
+                "LIKE 'bulk-%%'"
+            ).all()
+        )
+    assert len(stored) == len(rows)
+    for row in rows[:: len(rows) // 50]:  # the logged features are the values sent, exactly
+        features = json.loads(stored[row["transaction_id"]])
+        assert features == {c: row[c] for c in features} and "Amount" in features
+
+    too_big = body + b" " * 20
+    resp = requests.post(
+        service.url + "/v1/score", data=too_big, headers={"Content-Type": "application/json"},
+        timeout=60,
+    )  # fmt: skip
+    assert resp.status_code == 413 and "FRAUD_MAX_BODY_BYTES" in resp.json()["error"]["message"]

@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,28 +19,40 @@ import pytest
 from fraud_lib import store
 from serving.metrics import Metrics
 from serving.prediction_log import PredictionLog
-from serving.spool import decode_lines, encode_lines, feature_row
+from serving.spool import Block, decode_lines, encode_block, line_records
 
 FEATURES = ("V1", "V2", "Amount")
 
 
+def block(n: int, *, prefix: str = "t", **fields: Any) -> Block:
+    """A block of ``n`` predictions with numeric features (any field replaced by ``fields``)."""
+    values: dict[str, Any] = {
+        "n": n,
+        "scored_at": time.time(),
+        "threshold": 0.5,
+        "model_name": "fraud-detector",
+        "model_version": "7",
+        "request_id": "req-1",
+        "prediction_ids": [uuid.uuid4().hex for _ in range(n)],
+        "transaction_ids": [f'{prefix}-{i}"quoted"' for i in range(n)],
+        "event_times": [float(i) if i % 2 else None for i in range(n)],
+        "scores": [i / max(n, 1) for i in range(n)],
+        "is_fraud": [i % 3 == 0 for i in range(n)],
+        "risk_levels": ["low"] * n,
+        "columns": list(FEATURES),
+        "x": np.array([[0.1 * i, -1e-7, 12.5] for i in range(n)]).reshape(n, 3).tobytes(),
+    }
+    return Block(**(values | fields))
+
+
 def lines_for(n: int, *, prefix: str = "t") -> tuple[bytes, list[str]]:
-    pids = [uuid.uuid4().hex for _ in range(n)]
-    data = encode_lines(
-        prediction_ids=pids,
-        transaction_ids=[f'{prefix}-{i}"quoted"' for i in range(n)],
-        scored_at=time.time(),
-        event_times=[float(i) if i % 2 else None for i in range(n)],
-        scores=[i / max(n, 1) for i in range(n)],
-        is_fraud=[i % 3 == 0 for i in range(n)],
-        threshold=0.5,
-        risk_levels=["low"] * n,
-        model_name="fraud-detector",
-        model_version="7",
-        request_id="req-1",
-        features=[feature_row(FEATURES)(0.1 * i, -1e-7, 12.5) for i in range(n)],
-    )
-    return data, pids
+    """One spool line of ``n`` predictions, and their prediction ids."""
+    b = block(n, prefix=prefix)
+    return encode_block(b), b.prediction_ids
+
+
+def as_dicts(rows: list[tuple]) -> list[dict[str, Any]]:
+    return [dict(zip(store.PREDICTION_FIELDS, row, strict=True)) for row in rows]
 
 
 def wait_for(engine, pids, timeout=20.0):
@@ -74,68 +87,73 @@ def make_log(settings, pg_engine, **kwargs):
     return log
 
 
-def test_lines_round_trip_exactly():
+def test_blocks_round_trip_exactly():
     data, pids = lines_for(3)
-    rows, bad = decode_lines(data.splitlines(keepends=True))
-    assert bad == [] and [r["prediction_id"] for r in rows] == pids
+    more, more_pids = lines_for(2)
+    decoded, bad = decode_lines([data.rstrip(b"\n"), more.rstrip(b"\n")])
+    rows = as_dicts(decoded)
+    assert bad == [] and [r["prediction_id"] for r in rows] == pids + more_pids
     assert rows[1]["transaction_id"] == 't-1"quoted"' and rows[0]["event_time"] is None
     assert rows[2]["is_fraud"] is False and rows[1]["score"] == 1 / 3
     assert json.loads(rows[1]["features"]) == {"V1": 0.1, "V2": -1e-7, "Amount": 12.5}
     assert rows[0]["scored_at"] is rows[2]["scored_at"]  # one datetime per request
+    assert [line_records(x) for x in (data, more, b"[]", b'{"n":x,')] == [3, 2, 1, 1]
+
+
+def test_features_of_any_schema_are_logged_as_sent():
+    features = [{"V1": 1.5, "merchant": "shop \u00e9"}, {"V1": -0.0, "merchant": ""}]
+    data = encode_block(block(2, columns=[], x=None, features=features))
+    rows, bad = decode_lines([data])
+    assert bad == [] and [json.loads(r["features"]) for r in as_dicts(rows)] == features
 
 
 @pytest.mark.parametrize(
-    ("columns", "kind"),
-    [
-        (("V1", "100%", "é ü", "f0", "", "f1"), "struct"),
-        (('quote"d', "back\\slash", "tab\t", "V1", "x", "y"), "dict"),  # msgspec refuses them
-    ],
+    "columns",
+    [("V1", "100%", "é ü", "f0", "", "f1"), ('quote"d', "back\\slash", "tab\t", "V1", "x", "y")],
+    ids=["struct", "dict"],  # msgspec refuses the second set as Struct field names
 )
-def test_any_column_names_and_every_float_round_trip(columns, kind):
+def test_any_column_names_and_every_float_round_trip(columns):
     rng = np.random.default_rng(7)
     values = [5e-324, -0.0, 1e-7, 0.1 + 0.2, 1.7976931348623157e308, 123456789.0]
     scaled = rng.standard_normal((20, 6)) * 10.0 ** rng.integers(-300, 300, (20, 6))
-    rows = [values, *scaled.tolist()]
-    row = feature_row(columns)
-    assert isinstance(row(*values), dict) == (kind == "dict")
-    data = encode_lines(
-        prediction_ids=[uuid.uuid4().hex for _ in rows], transaction_ids=["t\t\n\\é"] * len(rows),
-        scored_at=1714560000.123456, event_times=[None] * len(rows), scores=[r[3] for r in rows],
-        is_fraud=[True] * len(rows), threshold=0.5, risk_levels=["high"] * len(rows),
-        model_name="m", model_version="1", request_id="r", features=[row(*r) for r in rows],
-    )  # fmt: skip
-    assert data.count(b"\n") == len(rows)  # one line each: no raw newline or tab inside
-    decoded, bad = decode_lines(data.splitlines(keepends=True))
+    X = np.array([values, *scaled.tolist()])
+    n = len(X)
+    data = encode_block(block(n, transaction_ids=["t\t\n\\é"] * n, scores=X[:, 3].tolist(),
+                              scored_at=1714560000.123456, columns=list(columns), x=X.tobytes()))  # fmt: skip
+    assert data.count(b"\n") == 1  # one line: no raw newline inside
+    rows, bad = decode_lines([data])
+    decoded = as_dicts(rows)
     assert bad == [] and decoded[0]["transaction_id"] == "t\t\n\\é"
-    for got, expected in zip(decoded, rows, strict=True):
+    for got, expected in zip(decoded, X.tolist(), strict=True):
         features = json.loads(got["features"])
         assert list(features) == list(columns)
         assert [repr(v) for v in features.values()] == [repr(v) for v in expected]
         assert repr(got["score"]) == repr(expected[3])
 
 
-def test_unreadable_lines_are_set_aside_and_the_rest_decoded():
-    data, pids = lines_for(4)
-    lines = data.splitlines(keepends=True)
+def test_unreadable_lines_are_set_aside_whole_and_the_rest_decoded():
+    good, pids = lines_for(4)
     damaged = [
-        b"not json\t{}\n",
-        lines[1].replace(b'"req-1"', b"7", 1),  # a field of the wrong type
-        lines[2].replace(b"]\t", b',"extra"]\t', 1),  # 12 fields
-        lines[3].replace(b"\t{", b"\t{\xff", 1),  # features that are not UTF-8
-        b'["a","b",1e300,null,0.5,true,0.5,"low","m","1","r"]\t{}\n',  # scored_at out of range
-    ]
-    rows, bad = decode_lines([lines[0], *damaged])
-    assert [r["prediction_id"] for r in rows] == pids[:1]
+        b"not json",
+        good.replace(b'"model_name":"fraud-detector"', b'"model_name":7'),  # a wrong type
+        good.replace(b'{"n":4', b'{"n":5'),  # lists shorter than n
+        encode_block(block(2, x=bytes(40))),  # x is not 2 x 3 float64
+        encode_block(block(1, x=None)),  # neither x nor features
+        encode_block(block(1, x=None, features=[])).replace(b'"features":[]', b'"features":[{"a":"\xff"}]'),
+        encode_block(block(1, scored_at=1e300)),  # out of range
+    ]  # fmt: skip
+    rows, bad = decode_lines([good, *damaged])
+    assert [r["prediction_id"] for r in as_dicts(rows)] == pids
     assert bad == damaged
 
 
 def test_a_replayed_batch_inserts_only_the_new_rows(pg_engine):
     data, pids = lines_for(6)
     rows, _ = decode_lines(data.splitlines(keepends=True))
-    assert store.insert_predictions(pg_engine, rows[:4]) == 4
+    assert store.copy_predictions(pg_engine, rows[:4]) == 4
     with pg_engine.begin() as conn:  # in the caller's transaction, which stays usable
-        assert store.insert_predictions(conn, rows) == 2  # the COPY conflicts: ON CONFLICT path
-        assert store.insert_predictions(conn, []) == 0
+        assert store.copy_predictions(conn, rows) == 2  # the COPY conflicts: ON CONFLICT path
+        assert store.copy_predictions(conn, []) == 0
         assert conn.exec_driver_sql("SELECT count(*) FROM predictions").scalar_one() == 6
     assert store.count_predictions_by_ids(pg_engine, pids) == 6
 
@@ -229,19 +247,21 @@ def test_rows_postgres_refuses_are_set_aside_not_blocking(log_settings, pg_engin
     log = make_log(log_settings, pg_engine)
     log.start()
     good, pids = lines_for(9)
-    bad, bad_pids = lines_for(1)
-    bad = bad.replace(b"\t{", b"\t{not json", 1)
+    refused = block(2, transaction_ids=["ok", "nul\x00inside"])  # Postgres text refuses NUL
+    bad_pids = refused.prediction_ids
     log.append(good, 9)
-    log.append(bad, 1)
+    log.append(encode_block(refused), 2)
     more, more_pids = lines_for(5)
     log.append(more, 5)
     wait_for(pg_engine, pids + more_pids)
-    assert store.count_predictions_by_ids(pg_engine, bad_pids) == 0
+    assert store.count_predictions_by_ids(pg_engine, bad_pids[:1]) == 1  # its good row
+    assert store.count_predictions_by_ids(pg_engine, bad_pids[1:]) == 0
     deadline = time.monotonic() + 5
     rejected = log.dir / "rejected" / f"{log.wid}.spool"
     while not rejected.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert bad_pids[0].encode() in rejected.read_bytes()
+    rejected_rows, unreadable = decode_lines(rejected.read_bytes().splitlines())
+    assert unreadable == [] and [r[0] for r in rejected_rows] == bad_pids[1:]
     log.close()
 
 
