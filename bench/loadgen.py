@@ -49,12 +49,17 @@ def _read_response(sock: socket.socket) -> tuple[int, bool, bytes]:
             length = int(value)
         elif key == b"connection":
             close = value.strip().lower() == b"close"
-    while len(body) < length:
-        chunk = sock.recv(max(65536, length - len(body)))
-        if not chunk:
+    if len(body) >= length:
+        return status, close, body[:length]
+    buf = bytearray(length)  # received in place: a 1.7 MB answer is not copied chunk by chunk
+    buf[: len(body)] = body
+    view, got = memoryview(buf), len(body)
+    while got < length:
+        n = sock.recv_into(view[got:])
+        if not n:
             raise ConnectionError("connection closed in the body")
-        body += chunk
-    return status, close, body[:length]
+        got += n
+    return status, close, bytes(buf)
 
 
 def _client(
