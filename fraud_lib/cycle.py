@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from fraud_lib import registry, store
+from fraud_lib import logged, registry, store
 from fraud_lib.config import Settings
 from fraud_lib.drift import drift_report
 from fraud_lib.errors import DataError, FraudError
@@ -119,7 +119,7 @@ def drift_monitor(
     if champion is None:
         raise SkipRun("no champion yet: nothing to compare recent traffic with")
     start = interval_end - timedelta(days=days)
-    recent = store.recent_predictions(engine, start=start, end=interval_end)
+    recent = logged.recent_predictions(engine, start=start, end=interval_end)
     if recent.empty:
         raise SkipRun(
             f"no predictions scored in [{start:%Y-%m-%d %H:%M}, {interval_end:%Y-%m-%d %H:%M})"

@@ -32,7 +32,7 @@ import requests
 from sklearn.metrics import average_precision_score
 from sqlalchemy import text
 
-from fraud_lib import airflow_local, data, pgserver, registry, store
+from fraud_lib import airflow_local, data, logged, pgserver, registry, store
 from fraud_lib.config import Settings
 from fraud_lib.errors import FraudError
 from fraud_lib.schema import FeatureSchema
@@ -194,7 +194,7 @@ def wait_for_version(url: str, version: str, sample: dict[str, Any], timeout: fl
 def week_summary(engine: Any, first_week: int) -> list[dict[str, Any]]:
     """Per event-time week: the served versions and their quality on the labeled traffic."""
     now = datetime.now(UTC)
-    df = store.labeled_predictions(engine, start=now - timedelta(days=365), end=now)
+    df = logged.labeled_predictions(engine, start=now - timedelta(days=365), end=now)
     rows = []
     for week, part in df.groupby((df["event_time"] // (7 * DAY)).astype(int)):
         y = part["label"].to_numpy()

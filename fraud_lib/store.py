@@ -1,4 +1,5 @@
-"""Postgres tables and queries: predictions (the log), labels, model_events (decision history).
+"""Postgres tables and writes: predictions (the log), labels, model_events (decision history).
+Windows of the log are read back by :mod:`fraud_lib.logged`.
 
 SQLAlchemy 2 Core; every session runs with ``TimeZone=UTC``, so naive datetimes passed in are
 read as UTC and timestamps come back timezone-aware in UTC. Bulk writes are idempotent and use
@@ -25,7 +26,6 @@ from typing import Any
 import pandas as pd
 import psycopg
 import sqlalchemy as sa
-from psycopg import sql
 from psycopg.types.json import set_json_dumps
 from sqlalchemy.dialects.postgresql import JSON, JSONB
 from sqlalchemy.engine import Connection, Engine
@@ -109,7 +109,7 @@ _PRED_TYPES = (
     ("model_version", "text"), ("request_id", "text"),
 )  # fmt: skip
 PREDICTION_FIELDS = tuple(c for c, _ in _PRED_TYPES)
-_BASE_COLUMNS = (
+BASE_COLUMNS = (
     "transaction_id", "prediction_id", "scored_at", "event_time", "score", "is_fraud",
     "threshold", "risk_level", "model_name", "model_version",
 )  # fmt: skip
@@ -193,7 +193,7 @@ def _errors(bind: Engine | Connection) -> Iterator[None]:
 
 
 @contextmanager
-def _begin(bind: Engine | Connection) -> Iterator[Connection]:
+def begin(bind: Engine | Connection) -> Iterator[Connection]:
     """A connection in a transaction: a new one committed on success for an Engine, or the
     caller's connection (whose transaction the caller owns)."""
     with _errors(bind):
@@ -207,7 +207,7 @@ def _begin(bind: Engine | Connection) -> Iterator[Connection]:
 def migrate(bind: Engine | Connection) -> None:
     """Create missing tables and indexes, bring older tables up to date (idempotent;
     serialised across processes)."""
-    with _begin(bind) as conn:
+    with begin(bind) as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(7134001)"))
         metadata.create_all(conn, checkfirst=True)
         kind = conn.execute(sa.text(
@@ -337,7 +337,7 @@ def copy_predictions(bind: Engine | Connection, tuples: Sequence[tuple[Any, ...]
     """
     if not tuples:
         return 0
-    with _begin(bind) as conn:
+    with begin(bind) as conn:
         try:
             with conn.begin_nested():
                 return _copy(conn, "predictions", _PRED_TYPES, tuples)
@@ -354,7 +354,7 @@ def copy_predictions(bind: Engine | Connection, tuples: Sequence[tuple[Any, ...]
 
 
 def prediction_count(bind: Engine | Connection) -> int:
-    with _begin(bind) as conn:
+    with begin(bind) as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one())
 
 
@@ -363,7 +363,7 @@ def count_predictions_by_ids(bind: Engine | Connection, ids: Iterable[str]) -> i
     ids = [str(i) for i in ids]
     if not ids:
         return 0
-    with _begin(bind) as conn:
+    with begin(bind) as conn:
         query = sa.select(sa.func.count()).where(predictions.c.prediction_id.in_(ids))
         return int(conn.execute(query).scalar_one())
 
@@ -406,7 +406,7 @@ def upsert_labels(bind: Engine | Connection, rows: Sequence[Mapping[str, Any]]) 
         return {"inserted": 0, "updated": 0, "unchanged": 0, "unknown_ids": []}
     types = (("transaction_id", "text"), ("label", "int2"), ("labeled_at", "timestamptz"),
              ("source", "text"))  # fmt: skip
-    with _begin(bind) as conn:
+    with begin(bind) as conn:
         _copy_into_temp(conn, "_labels_in", types, latest.values())
         written = conn.exec_driver_sql(
             "INSERT INTO labels AS l (transaction_id, label, labeled_at, source) "
@@ -427,144 +427,6 @@ def upsert_labels(bind: Engine | Connection, rows: Sequence[Mapping[str, Any]]) 
             "unchanged": len(latest) - len(written), "unknown_ids": list(unknown)}  # fmt: skip
 
 
-# ---------------------------------------------------------------------------- windows
-def _natural(key: str) -> list[Any]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
-
-
-_WINDOW = "p.scored_at >= %(start)s AND p.scored_at < %(end)s"
-_KINDS = (
-    "SELECT e.k, bool_and(json_typeof(e.v) IN ('number', 'null')) "
-    "FROM ({}) s, json_each(s.features) AS e(k, v) GROUP BY e.k"
-)
-# First and last rows of the window: payloads are validated against one schema, so this finds
-# every key unless a key came and went inside the window (a failed cast re-runs the full scan).
-_SAMPLE = sql.SQL(_KINDS).format(
-    sql.SQL(
-        f"(SELECT p.features FROM predictions p WHERE {_WINDOW} ORDER BY p.scored_at LIMIT 1000)"
-        " UNION ALL "
-        f"(SELECT p.features FROM predictions p WHERE {_WINDOW} "
-        "ORDER BY p.scored_at DESC LIMIT 1000)"
-    )
-)
-_MICROS = "(extract(epoch FROM {}) * 1000000)::int8"  # exact timestamps as int8
-
-
-def _window_frame(
-    conn: Connection, selection: sql.Composable, params: dict[str, Any], *, labeled: bool
-) -> pd.DataFrame:
-    """Predictions whose ids ``selection`` returns (all scored in the window), as a DataFrame.
-
-    The features JSON is expanded server side: the keys (and whether their values are all
-    numbers) come from a sample of the window, then ``json_to_record`` returns them as float8
-    or text columns over the binary protocol: ~3x faster than parsing 300k JSON documents in
-    Python. Timestamps travel as epoch microseconds.
-    """
-    base = list(_BASE_COLUMNS) + (["label", "labeled_at"] if labeled else [])
-    cols = [sql.SQL(_MICROS.format("p.scored_at") if c == "scored_at" else f"p.{c}")
-            for c in _BASE_COLUMNS]  # fmt: skip
-    joins = [sql.SQL("JOIN predictions p USING (prediction_id)")]
-    if labeled:
-        cols += [sql.SQL("l.label"), sql.SQL(_MICROS.format("l.labeled_at"))]
-        joins.append(sql.SQL("JOIN labels l ON l.transaction_id = p.transaction_id"))
-    full_scan = sql.SQL(_KINDS).format(
-        sql.SQL("SELECT p.features FROM ({}) sel {} WHERE {} OFFSET 0").format(
-            selection, joins[0], sql.SQL(_WINDOW)
-        )
-    )
-    raw = conn.connection.driver_connection
-    with raw.cursor(binary=True) as cur:
-        # JIT compilation costs more than it saves here; sorts of 300k ids fit in 64MB. No
-        # nested loops: with stale statistics (a table just truncated and refilled, before
-        # autovacuum analyzes it) the planner nested-looped a 42k-row window over a seq scan
-        # of the table and took 150 s instead of 2 s; a hash join is right for these reads.
-        cur.execute("SET LOCAL jit = off")
-        cur.execute("SET LOCAL enable_nestloop = off")
-        cur.execute("SET LOCAL work_mem = '64MB'")
-        for discovery in (_SAMPLE, full_scan):
-            kinds = cur.execute(discovery, params).fetchall()
-            keys = sorted((k for k in kinds if k[0] not in base), key=lambda k: _natural(k[0]))
-            record = sql.SQL(", ").join(
-                sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL("float8" if num else "text"))
-                for k, num in keys
-            )
-            lateral = sql.SQL("CROSS JOIN LATERAL json_to_record(p.features) AS x({})")
-            query = sql.SQL("WITH sel AS ({}) SELECT {} FROM sel {} WHERE {}").format(
-                selection,
-                sql.SQL(", ").join([*cols, sql.SQL("x.*")] if keys else cols),
-                sql.SQL(" ").join([*joins, lateral.format(record)] if keys else joins),
-                sql.SQL(_WINDOW),
-            )
-            cur.execute("SAVEPOINT window_frame")
-            try:
-                rows = cur.execute(query, params).fetchall()
-                break
-            except psycopg.errors.InvalidTextRepresentation:
-                # a text value in a column the sample saw as numeric: look at every row
-                cur.execute("ROLLBACK TO SAVEPOINT window_frame")
-                if discovery is full_scan:
-                    raise
-    frame = pd.DataFrame.from_records(rows, columns=base + [k for k, _ in keys])
-    for col in ("scored_at", "labeled_at"):
-        if col in frame:
-            frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="us", utc=True)
-    if labeled:
-        frame["label"] = frame["label"].astype("int8")
-    return frame
-
-
-def labeled_predictions(
-    bind: Engine | Connection,
-    *,
-    start: datetime,
-    end: datetime,
-    labels_known_by: datetime | None = None,
-) -> pd.DataFrame:
-    """Labeled predictions scored in ``[start, end)``: the latest prediction per transaction,
-    joined to its label (only labels with ``labeled_at <= labels_known_by`` when given, so a
-    re-run of the same interval sees the same rows).
-
-    Columns: transaction_id, prediction_id, scored_at, event_time, score, is_fraud, threshold,
-    risk_level, model_name, model_version, label, labeled_at, then one column per key of the
-    features JSON (float64 if all its values are numbers, else object; keys that clash with
-    these names are dropped; NaN/None where a row lacks a key). Sorted by event_time (missing
-    last), scored_at, transaction_id. ~8 s for 300k rows with 30 features on 2 cores.
-    """
-    known = sql.SQL("AND l.labeled_at <= %(known)s" if labels_known_by is not None else "")
-    selection = sql.SQL(
-        "SELECT DISTINCT ON (p.transaction_id) p.prediction_id FROM predictions p "
-        "JOIN labels l ON l.transaction_id = p.transaction_id {} "
-        "WHERE p.scored_at >= %(start)s AND p.scored_at < %(end)s "
-        "ORDER BY p.transaction_id, p.scored_at DESC, p.prediction_id DESC"
-    ).format(known)
-    params = {"start": start, "end": end, "known": labels_known_by}
-    with _begin(bind) as conn:
-        frame = _window_frame(conn, selection, params, labeled=True)
-    frame = frame.sort_values(
-        ["event_time", "scored_at", "transaction_id"], na_position="last", kind="mergesort"
-    )
-    return frame.reset_index(drop=True)
-
-
-def recent_predictions(
-    bind: Engine | Connection, *, start: datetime, end: datetime, limit: int | None = None
-) -> pd.DataFrame:
-    """Predictions scored in ``[start, end)`` (the ``limit`` most recent if given), oldest
-    first, with the columns of :func:`labeled_predictions` except label and labeled_at."""
-    order = (
-        "ORDER BY scored_at DESC, prediction_id DESC LIMIT %(limit)s" if limit is not None else ""
-    )
-    selection = sql.SQL(
-        "SELECT prediction_id FROM predictions "
-        f"WHERE scored_at >= %(start)s AND scored_at < %(end)s {order}"
-    )
-    params = {"start": start, "end": end, "limit": None if limit is None else int(limit)}
-    with _begin(bind) as conn:
-        frame = _window_frame(conn, selection, params, labeled=False)
-    frame = frame.sort_values(["scored_at", "prediction_id"], kind="mergesort")
-    return frame.reset_index(drop=True)
-
-
 # ---------------------------------------------------------------------------- model events
 def record_model_event(bind: Engine | Connection, **fields: Any) -> int:
     """Append a row to model_events (model_name and event required); return its id."""
@@ -582,7 +444,7 @@ def record_model_event(bind: Engine | Connection, **fields: Any) -> int:
     for key in ("version", "previous_version"):
         if fields.get(key) is not None:
             fields[key] = str(fields[key])
-    with _begin(bind) as conn:
+    with begin(bind) as conn:
         stmt = model_events_table.insert().values(**fields).returning(model_events_table.c.id)
         return int(conn.execute(stmt).scalar_one())
 
@@ -602,5 +464,5 @@ def model_events(
                           (t.c.version, version)):  # fmt: skip
         if value is not None:
             query = query.where(column == value)
-    with _begin(bind) as conn:
+    with begin(bind) as conn:
         return [dict(r) for r in conn.execute(query).mappings()]

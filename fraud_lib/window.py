@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from fraud_lib import store
+from fraud_lib import logged
 from fraud_lib.config import Settings
 from fraud_lib.errors import DataError
 from fraud_lib.schema import FeatureSchema
@@ -76,23 +76,23 @@ def _window_columns(schema: FeatureSchema) -> list[str]:
     return [ID, schema.time, *schema.model_columns, schema.label, "score", "source"]
 
 
-def _from_log(logged: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+def _from_log(rows: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     """Labeled predictions (store layout) to the window layout; the time column falls back to
     ``event_time`` when the features JSON does not carry it."""
-    missing = [c for c in schema.model_columns if c not in logged.columns]
-    if missing and len(logged):
+    missing = [c for c in schema.model_columns if c not in rows.columns]
+    if missing and len(rows):
         raise DataError(
             f"logged predictions lack feature(s) {missing}: the schema in use (FRAUD_SCHEMA, "
             "empty = ULB) does not match what the service logs; use the service's schema"
         )
-    out = logged.reindex(columns=[ID, *schema.model_columns]).copy()
-    event_time = logged["event_time"] if "event_time" in logged else pd.Series(dtype=float)
-    if schema.time in logged.columns:
-        out[schema.time] = logged[schema.time].astype(float).fillna(event_time)
+    out = rows.reindex(columns=[ID, *schema.model_columns]).copy()
+    event_time = rows["event_time"] if "event_time" in rows else pd.Series(dtype=float)
+    if schema.time in rows.columns:
+        out[schema.time] = rows[schema.time].astype(float).fillna(event_time)
     else:
         out[schema.time] = event_time.astype(float)
-    out[schema.label] = logged["label"] if "label" in logged else pd.Series(dtype="int8")
-    out["score"] = logged["score"] if "score" in logged else float("nan")
+    out[schema.label] = rows["label"] if "label" in rows else pd.Series(dtype="int8")
+    out["score"] = rows["score"] if "score" in rows else float("nan")
     out["source"] = "log"
     return out
 
@@ -120,10 +120,10 @@ def ingest_window(
     """
     schema = FeatureSchema.load(settings.schema_path)
     start = interval_end - timedelta(days=train_days)
-    logged = store.labeled_predictions(
+    rows = logged.labeled_predictions(
         engine, start=start, end=interval_end, labels_known_by=interval_end
     )
-    window = _from_log(logged, schema)
+    window = _from_log(rows, schema)
     n_logged = len(window)
     cold = n_logged < settings.min_labeled_rows or (
         int(window[schema.label].sum()) < settings.min_frauds

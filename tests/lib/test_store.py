@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from fraud_lib import pgserver, store
+from fraud_lib import logged, pgserver, store
 from fraud_lib.errors import DatabaseError, DataError
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -219,7 +219,7 @@ def test_labeled_predictions_window_is_half_open(pg_engine):
     ]
     store.insert_predictions(pg_engine, rows)
     label_all(pg_engine, [r for r in rows if r["transaction_id"] != "unlabeled"])
-    df = store.labeled_predictions(pg_engine, start=T0, end=end)
+    df = logged.labeled_predictions(pg_engine, start=T0, end=end)
     assert list(df["transaction_id"]) == ["at-start", "inside", "last"]
     assert df["scored_at"].iloc[2] == pd.Timestamp(end - timedelta(microseconds=1))
 
@@ -237,10 +237,10 @@ def test_labels_known_by_makes_reruns_deterministic(pg_engine):
         ],
     )
     window = {"start": T0, "end": T0 + timedelta(days=1)}
-    known = store.labeled_predictions(pg_engine, **window, labels_known_by=cutoff)
+    known = logged.labeled_predictions(pg_engine, **window, labels_known_by=cutoff)
     assert list(known["transaction_id"]) == ["tx0", "tx1"]
     assert list(known["label"]) == [0, 1] and known["label"].dtype == "int8"
-    everything = store.labeled_predictions(pg_engine, **window)
+    everything = logged.labeled_predictions(pg_engine, **window)
     assert list(everything["transaction_id"]) == ["tx0", "tx1", "tx2"]
 
 
@@ -250,7 +250,7 @@ def test_latest_prediction_per_transaction_wins(pg_engine):
     outside = prediction("tx", T0 + timedelta(days=2), score=0.5, model_version="3")
     store.insert_predictions(pg_engine, [new, old, outside])
     label_all(pg_engine, [new])
-    df = store.labeled_predictions(pg_engine, start=T0, end=T0 + timedelta(days=1))
+    df = logged.labeled_predictions(pg_engine, start=T0, end=T0 + timedelta(days=1))
     assert len(df) == 1
     assert df.iloc[0]["prediction_id"] == new["prediction_id"]
     assert (df.iloc[0]["score"], df.iloc[0]["model_version"]) == (0.9, "2")
@@ -267,7 +267,7 @@ def test_features_are_expanded_into_columns(pg_engine):
     ]  # fmt: skip
     store.insert_predictions(pg_engine, rows)
     label_all(pg_engine, rows)
-    df = store.labeled_predictions(pg_engine, start=T0, end=T0 + timedelta(days=1))
+    df = logged.labeled_predictions(pg_engine, start=T0, end=T0 + timedelta(days=1))
     expected_base = [
         "transaction_id", "prediction_id", "scored_at", "event_time", "score", "is_fraud",
         "threshold", "risk_level", "model_name", "model_version", "label", "labeled_at",
@@ -286,16 +286,16 @@ def test_a_text_value_the_sample_missed_still_loads(pg_engine):
     rows[1050]["features"]["Amount"] = "unknown"  # outside the first/last 1000 sampled rows
     store.insert_predictions(pg_engine, rows)
     label_all(pg_engine, rows)
-    df = store.labeled_predictions(pg_engine, start=T0, end=T0 + timedelta(days=1))
+    df = logged.labeled_predictions(pg_engine, start=T0, end=T0 + timedelta(days=1))
     assert len(df) == 2101
     assert df.loc[df["transaction_id"] == "tx1050", "Amount"].item() == "unknown"
     assert df.loc[df["transaction_id"] == "tx7", "Amount"].item() == "7.0"
 
 
 def test_empty_window_has_the_base_columns(pg_engine):
-    df = store.labeled_predictions(pg_engine, start=T0, end=T0 + timedelta(days=1))
+    df = logged.labeled_predictions(pg_engine, start=T0, end=T0 + timedelta(days=1))
     assert df.empty and "label" in df.columns and "score" in df.columns
-    recent = store.recent_predictions(pg_engine, start=T0, end=T0 + timedelta(days=1))
+    recent = logged.recent_predictions(pg_engine, start=T0, end=T0 + timedelta(days=1))
     assert recent.empty and "model_version" in recent.columns
 
 
@@ -303,10 +303,10 @@ def test_recent_predictions_need_no_labels(pg_engine):
     rows = many(50)
     store.insert_predictions(pg_engine, rows)
     window = {"start": T0, "end": T0 + timedelta(days=1)}
-    df = store.recent_predictions(pg_engine, **window)
+    df = logged.recent_predictions(pg_engine, **window)
     assert len(df) == 50 and "label" not in df.columns
     assert df["scored_at"].is_monotonic_increasing and "V28" in df.columns
-    last = store.recent_predictions(pg_engine, **window, limit=5)
+    last = logged.recent_predictions(pg_engine, **window, limit=5)
     assert list(last["transaction_id"]) == [f"tx{i}" for i in range(45, 50)]
 
 

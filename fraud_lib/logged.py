@@ -1,0 +1,156 @@
+"""Windows of the prediction log read back from Postgres as DataFrames: labeled predictions
+for training, evaluation and drift checks, recent ones for the score monitor.
+
+The features JSON of every row is expanded server side into one column per key (see
+:func:`_window_frame`); timestamps travel as epoch microseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import Connection, Engine
+
+from fraud_lib.store import BASE_COLUMNS, begin
+
+
+def _natural(key: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
+
+
+_WINDOW = "p.scored_at >= %(start)s AND p.scored_at < %(end)s"
+_KINDS = (
+    "SELECT e.k, bool_and(json_typeof(e.v) IN ('number', 'null')) "
+    "FROM ({}) s, json_each(s.features) AS e(k, v) GROUP BY e.k"
+)
+# First and last rows of the window: payloads are validated against one schema, so this finds
+# every key unless a key came and went inside the window (a failed cast re-runs the full scan).
+_SAMPLE = sql.SQL(_KINDS).format(
+    sql.SQL(
+        f"(SELECT p.features FROM predictions p WHERE {_WINDOW} ORDER BY p.scored_at LIMIT 1000)"
+        " UNION ALL "
+        f"(SELECT p.features FROM predictions p WHERE {_WINDOW} "
+        "ORDER BY p.scored_at DESC LIMIT 1000)"
+    )
+)
+_MICROS = "(extract(epoch FROM {}) * 1000000)::int8"  # exact timestamps as int8
+
+
+def _window_frame(
+    conn: Connection, selection: sql.Composable, params: dict[str, Any], *, labeled: bool
+) -> pd.DataFrame:
+    """Predictions whose ids ``selection`` returns (all scored in the window), as a DataFrame.
+
+    The features JSON is expanded server side: the keys (and whether their values are all
+    numbers) come from a sample of the window, then ``json_to_record`` returns them as float8
+    or text columns over the binary protocol: ~3x faster than parsing 300k JSON documents in
+    Python. Timestamps travel as epoch microseconds.
+    """
+    base = list(BASE_COLUMNS) + (["label", "labeled_at"] if labeled else [])
+    cols = [sql.SQL(_MICROS.format("p.scored_at") if c == "scored_at" else f"p.{c}")
+            for c in BASE_COLUMNS]  # fmt: skip
+    joins = [sql.SQL("JOIN predictions p USING (prediction_id)")]
+    if labeled:
+        cols += [sql.SQL("l.label"), sql.SQL(_MICROS.format("l.labeled_at"))]
+        joins.append(sql.SQL("JOIN labels l ON l.transaction_id = p.transaction_id"))
+    full_scan = sql.SQL(_KINDS).format(
+        sql.SQL("SELECT p.features FROM ({}) sel {} WHERE {} OFFSET 0").format(
+            selection, joins[0], sql.SQL(_WINDOW)
+        )
+    )
+    raw = conn.connection.driver_connection
+    with raw.cursor(binary=True) as cur:
+        # JIT compilation costs more than it saves here; sorts of 300k ids fit in 64MB. No
+        # nested loops: with stale statistics (a table just truncated and refilled, before
+        # autovacuum analyzes it) the planner nested-looped a 42k-row window over a seq scan
+        # of the table and took 150 s instead of 2 s; a hash join is right for these reads.
+        cur.execute("SET LOCAL jit = off")
+        cur.execute("SET LOCAL enable_nestloop = off")
+        cur.execute("SET LOCAL work_mem = '64MB'")
+        for discovery in (_SAMPLE, full_scan):
+            kinds = cur.execute(discovery, params).fetchall()
+            keys = sorted((k for k in kinds if k[0] not in base), key=lambda k: _natural(k[0]))
+            record = sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL("float8" if num else "text"))
+                for k, num in keys
+            )
+            lateral = sql.SQL("CROSS JOIN LATERAL json_to_record(p.features) AS x({})")
+            query = sql.SQL("WITH sel AS ({}) SELECT {} FROM sel {} WHERE {}").format(
+                selection,
+                sql.SQL(", ").join([*cols, sql.SQL("x.*")] if keys else cols),
+                sql.SQL(" ").join([*joins, lateral.format(record)] if keys else joins),
+                sql.SQL(_WINDOW),
+            )
+            cur.execute("SAVEPOINT window_frame")
+            try:
+                rows = cur.execute(query, params).fetchall()
+                break
+            except psycopg.errors.InvalidTextRepresentation:
+                # a text value in a column the sample saw as numeric: look at every row
+                cur.execute("ROLLBACK TO SAVEPOINT window_frame")
+                if discovery is full_scan:
+                    raise
+    frame = pd.DataFrame.from_records(rows, columns=base + [k for k, _ in keys])
+    for col in ("scored_at", "labeled_at"):
+        if col in frame:
+            frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="us", utc=True)
+    if labeled:
+        frame["label"] = frame["label"].astype("int8")
+    return frame
+
+
+def labeled_predictions(
+    bind: Engine | Connection,
+    *,
+    start: datetime,
+    end: datetime,
+    labels_known_by: datetime | None = None,
+) -> pd.DataFrame:
+    """Labeled predictions scored in ``[start, end)``: the latest prediction per transaction,
+    joined to its label (only labels with ``labeled_at <= labels_known_by`` when given, so a
+    re-run of the same interval sees the same rows).
+
+    Columns: transaction_id, prediction_id, scored_at, event_time, score, is_fraud, threshold,
+    risk_level, model_name, model_version, label, labeled_at, then one column per key of the
+    features JSON (float64 if all its values are numbers, else object; keys that clash with
+    these names are dropped; NaN/None where a row lacks a key). Sorted by event_time (missing
+    last), scored_at, transaction_id. ~8 s for 300k rows with 30 features on 2 cores.
+    """
+    known = sql.SQL("AND l.labeled_at <= %(known)s" if labels_known_by is not None else "")
+    selection = sql.SQL(
+        "SELECT DISTINCT ON (p.transaction_id) p.prediction_id FROM predictions p "
+        "JOIN labels l ON l.transaction_id = p.transaction_id {} "
+        "WHERE p.scored_at >= %(start)s AND p.scored_at < %(end)s "
+        "ORDER BY p.transaction_id, p.scored_at DESC, p.prediction_id DESC"
+    ).format(known)
+    params = {"start": start, "end": end, "known": labels_known_by}
+    with begin(bind) as conn:
+        frame = _window_frame(conn, selection, params, labeled=True)
+    frame = frame.sort_values(
+        ["event_time", "scored_at", "transaction_id"], na_position="last", kind="mergesort"
+    )
+    return frame.reset_index(drop=True)
+
+
+def recent_predictions(
+    bind: Engine | Connection, *, start: datetime, end: datetime, limit: int | None = None
+) -> pd.DataFrame:
+    """Predictions scored in ``[start, end)`` (the ``limit`` most recent if given), oldest
+    first, with the columns of :func:`labeled_predictions` except label and labeled_at."""
+    order = (
+        "ORDER BY scored_at DESC, prediction_id DESC LIMIT %(limit)s" if limit is not None else ""
+    )
+    selection = sql.SQL(
+        "SELECT prediction_id FROM predictions "
+        f"WHERE scored_at >= %(start)s AND scored_at < %(end)s {order}"
+    )
+    params = {"start": start, "end": end, "limit": None if limit is None else int(limit)}
+    with begin(bind) as conn:
+        frame = _window_frame(conn, selection, params, labeled=False)
+    frame = frame.sort_values(["scored_at", "prediction_id"], kind="mergesort")
+    return frame.reset_index(drop=True)
