@@ -170,8 +170,8 @@ class Segments:
     def next_lines(
         self, max_records: int, open_seq: int | None, open_size: int
     ) -> tuple[list[bytes], int, int]:
-        """Complete lines up to ``max_records`` predictions from the position, with the position after them.
-        Finished segments (closed and fully shipped) are deleted on the way."""
+        """Complete lines up to ``max_records`` predictions from the position, with the position
+        after them. Finished segments (closed and fully shipped) are deleted on the way."""
         while True:
             if not self.segment(self.seq).exists():
                 later = [s for s in self.segments() if s > self.seq]
