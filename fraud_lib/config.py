@@ -15,6 +15,9 @@ from typing import Any
 from fraud_lib.errors import ConfigError
 
 THRESHOLD_RULES = ("f1", "cost", "precision")
+# Drift decision defaults, shared by the settings and fraud_lib.drift.drift_report.
+DRIFT_SHARE_THRESHOLD = 0.05  # share of drifted features that is drift
+SCORE_SHIFT_THRESHOLD = 0.1  # score PSI that is drift
 
 
 def _get(env: Mapping[str, str], name: str, default: str) -> str:
@@ -121,8 +124,8 @@ class Settings:
             min_frauds=_int(env, "FRAUD_MIN_FRAUDS", 20),
             initial_data=_get(env, "FRAUD_INITIAL_DATA", ""),
             drift_sample_rows=_int(env, "FRAUD_DRIFT_SAMPLE_ROWS", 20_000),
-            drift_share_threshold=_float(env, "FRAUD_DRIFT_SHARE_THRESHOLD", 0.05),
-            score_shift_threshold=_float(env, "FRAUD_SCORE_SHIFT_THRESHOLD", 0.1),
+            drift_share_threshold=_float(env, "FRAUD_DRIFT_SHARE_THRESHOLD", DRIFT_SHARE_THRESHOLD),
+            score_shift_threshold=_float(env, "FRAUD_SCORE_SHIFT_THRESHOLD", SCORE_SHIFT_THRESHOLD),
         )
         if overrides:
             settings = replace(settings, **overrides)

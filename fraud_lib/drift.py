@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fraud_lib.config import DRIFT_SHARE_THRESHOLD, SCORE_SHIFT_THRESHOLD
 from fraud_lib.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -173,8 +174,8 @@ def drift_report(
     score_column: str | None = "score",
     label_column: str | None = None,
     categorical: list[str] | None = None,
-    drift_share_threshold: float = 0.25,
-    score_shift_threshold: float = 0.1,
+    drift_share_threshold: float = DRIFT_SHARE_THRESHOLD,
+    score_shift_threshold: float = SCORE_SHIFT_THRESHOLD,
 ) -> DriftSummary:
     """Compare ``current`` with ``reference``; write ``{name}.html`` and ``{name}.json``.
 
