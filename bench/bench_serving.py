@@ -192,27 +192,28 @@ def wait_backlog_below(url: str, limit: float, timeout: float) -> float:
     return float("nan")
 
 
-def wait_drain(engine: Any, ids: list[str], timeout: float = 180) -> float:
-    from fraud_lib import store
-
+def wait_until(done: Any, timeout: float, poll: float) -> float:
+    """Seconds until ``done()`` is true, checked every ``poll`` s (NaN on timeout)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if store.count_predictions_by_ids(engine, ids) == len(ids):
+        if done():
             return time.monotonic() - t0
-        time.sleep(0.1)
+        time.sleep(poll)
     return float("nan")
+
+
+def wait_drain(engine: Any, ids: list[str], timeout: float = 180) -> float:
+    """Seconds until every prediction of ``ids`` is in Postgres (NaN on timeout)."""
+    from fraud_lib import store
+
+    return wait_until(lambda: store.count_predictions_by_ids(engine, ids) == len(ids), timeout, 0.1)
 
 
 def wait_rows(engine: Any, rows: int, timeout: float = 120) -> float:
     """Seconds until the predictions table holds at least ``rows`` rows (NaN on timeout)."""
     from fraud_lib import store
 
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if store.prediction_count(engine) >= rows:
-            return time.monotonic() - t0
-        time.sleep(0.01)
-    return float("nan")
+    return wait_until(lambda: store.prediction_count(engine) >= rows, timeout, 0.01)
 
 
 def truncate(engine: Any) -> None:

@@ -325,9 +325,9 @@ def insert_predictions(bind: Engine | Connection, rows: Sequence[Mapping[str, An
 
 def copy_predictions(bind: Engine | Connection, tuples: Sequence[tuple[Any, ...]]) -> int:
     """Insert rows that are already tuples in :data:`PREDICTION_FIELDS` order with their
-    types (scored_at a datetime with a zone or None, features JSON text, str or UTF-8
-    bytes), as the spool
-    reader makes them; skip prediction_ids already stored; return how many were new.
+    types (scored_at a datetime with a zone or None, features JSON text, str or UTF-8 bytes),
+    as the spool reader makes them; skip prediction_ids already stored; return how many were
+    new.
 
     The rows are COPYed straight into predictions (~1.4x the rows/s of the fallback, which
     the server spends on the temporary table). If that breaks a constraint (an id already

@@ -22,7 +22,7 @@ is done at import time here, in the master: ``OMP_NUM_THREADS=1`` (two workers o
 each running an OpenMP pool fell to ~16 requests/s with multi-second tails) and the
 prometheus_client multiprocess directory. Hooks: ``post_worker_init`` applies a threadpoolctl
 limit of 1 once the libraries are loaded; ``pre_request`` reads a body of known length in
-bulk (:mod:`serving.request_body`: 8.4 MB in ~3 ms instead of ~20); ``worker_exit`` drains
+bulk (:mod:`serving.request_body`); ``worker_exit`` drains
 that worker's prediction log; ``child_exit`` (master) removes a dead worker's live gauges.
 """
 

@@ -1,12 +1,13 @@
 """A faster read of a gunicorn request body of known length (used by ``serving.gunicorn_conf``).
 
 gunicorn's ``Body.read`` pulls 1 KB at a time whatever the size asked, copying its buffers at
-each step: ~20 ms of a worker's CPU for the 8.4 MB body of 10,000 transactions. werkzeug reads
-a stream through ``readinto`` when it has one, 64 KB per call, so :class:`BulkBody` adds a
-``readinto`` that asks gunicorn's length-limited reader for the whole buffer at once, and
-:meth:`BulkBody.read_rest`, which /v1/score uses: the whole body in one call, from the socket
-in reads of up to :data:`BULK_CHUNK` (8 KB each otherwise). Imports gunicorn only: the
-gunicorn master loads it with the configuration.
+each step. werkzeug reads a stream through ``readinto`` when it has one, 64 KB per call, so
+:class:`BulkBody` adds a ``readinto`` that asks gunicorn's length-limited reader for the whole
+buffer at once, and :meth:`BulkBody.read_rest`, which /v1/score uses: the whole body in one
+call, from the socket in reads of up to :data:`BULK_CHUNK` (8 KB each otherwise). The 8.4 MB
+body of 10,000 transactions over a socket pair (best of 7): gunicorn's read 24 ms, werkzeug
+over ``readinto`` 7.6 ms, ``read_rest`` 2.1 ms. Imports gunicorn only: the gunicorn master
+loads it with the configuration.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import msgspec
 import numpy as np
 
 from fraud_lib.schema import FeatureSchema
-from serving.validation import MAX_ID_LENGTH, Transactions
+from serving.validation import Transactions, clean_ids
 
 BATCH_KEY = "transactions"
 
@@ -90,13 +90,8 @@ def decode_batch(body: bytes, schema: FeatureSchema, max_batch: int) -> Transact
     if not 0 < len(records) <= max_batch:
         return None
     ids = list(map(typed.transaction_id, records))
-    present = ids if None not in ids else [t for t in ids if t is not None]
-    if present:
-        lengths = list(map(len, present))
-        if min(lengths) == 0 or max(lengths) > MAX_ID_LENGTH or len(set(present)) != len(present):
-            return None
-        if "\x00" in "".join(present):
-            return None
+    if not clean_ids(ids):
+        return None
     events = list(map(typed.event_time, records))
     if None in events:  # event_time, when given, wins over the time column
         times = map(typed.time, records)

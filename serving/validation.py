@@ -207,6 +207,18 @@ def _fast_matrix(items: list[Any], schema: FeatureSchema) -> np.ndarray | None:
     return X if np.isfinite(X).all() else None
 
 
+def clean_ids(ids: list[str | None]) -> bool:
+    """True when the given transaction ids (None: not given) are unique, 1 to
+    :data:`MAX_ID_LENGTH` characters long and free of NUL."""
+    present = ids if None not in ids else [t for t in ids if t is not None]
+    if not present:
+        return True
+    lengths = list(map(len, present))
+    if min(lengths) == 0 or max(lengths) > MAX_ID_LENGTH or len(set(present)) != len(present):
+        return False
+    return "\x00" not in "".join(present)
+
+
 def _fast_extras(
     items: list[dict[str, Any]], schema: FeatureSchema
 ) -> tuple[list[str | None], list[float | None]] | None:
@@ -215,11 +227,7 @@ def _fast_extras(
     ids = [rec.get("transaction_id") for rec in items]
     if not set(map(type, ids)) <= {str, type(None)}:
         return None
-    present = [t for t in ids if t is not None]
-    lengths = set(map(len, present))
-    if len(set(present)) != len(present) or 0 in lengths or max(lengths, default=0) > MAX_ID_LENGTH:
-        return None
-    if "\x00" in "".join(present):
+    if not clean_ids(ids):
         return None
     events: list[float | None] = []
     for key in (schema.time, "event_time"):  # event_time, when given, wins
