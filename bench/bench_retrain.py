@@ -42,7 +42,7 @@ def say(msg: str) -> None:
 
 def seed_world(settings: Any, engine: Any, rows: int, scenario: str, end: datetime) -> str:
     """Champion on history; ``rows`` scored, logged and labeled transactions before ``end``."""
-    from fraud_lib import registry, store
+    from fraud_lib import promotion, registry, store
     from fraud_lib.data import generate
     from fraud_lib.features import predict_scores
     from fraud_lib.schema import FeatureSchema
@@ -53,7 +53,7 @@ def seed_world(settings: Any, engine: Any, rows: int, scenario: str, end: dateti
     trained = train_model(history, schema, test_fraction=0.2)
     champion = registry.log_model(trained, settings)
     held_out = history[history[schema.time] > trained.time_range["fit_end"]]
-    registry.promote_if_better(settings, engine, held_out, champion.version)
+    promotion.promote_if_better(settings, engine, held_out, champion.version)
     traffic = generate(DAYS, total_rows=rows, seed=2, scenario=scenario, start_day=DAYS,
                        drift_start_day=DAYS + DAYS // 2, label_delay_days=0)  # fmt: skip
     traffic = schema.validate_frame(traffic)

@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from fraud_lib import logged, registry, store
+from fraud_lib import logged, promotion, registry, store
 from fraud_lib.config import Settings
 from fraud_lib.drift import drift_report
 from fraud_lib.errors import DataError, FraudError
@@ -265,7 +265,7 @@ def evaluate(
     """
     schema = FeatureSchema.load(settings.schema_path)
     _, eval_part, _ = split_window(read_window(window_path, schema), schema, eval_days)
-    decision = registry.evaluate_challenger(
+    decision = promotion.evaluate_challenger(
         settings, eval_part, challenger_version, min_improvement=min_improvement, force=force
     ).as_dict()
     champion = decision["champion_version"]
@@ -311,9 +311,9 @@ def promote(
         if previous is not None:
             log.info("re-run of %s: replaying the recorded decision", run_key)
             return {**previous, "replayed": True}
-    fields = {k: v for k, v in decision.items() if k in registry.Decision.__dataclass_fields__}
-    applied = registry.apply_decision(
-        settings, engine, registry.Decision(**fields), dry_run=dry_run, run_id=run_key or None
+    fields = {k: v for k, v in decision.items() if k in promotion.Decision.__dataclass_fields__}
+    applied = promotion.apply_decision(
+        settings, engine, promotion.Decision(**fields), dry_run=dry_run, run_id=run_key or None
     )
     return {**applied.as_dict(), "replayed": False}
 

@@ -32,7 +32,7 @@ import requests
 from sklearn.metrics import average_precision_score
 from sqlalchemy import text
 
-from fraud_lib import airflow_local, data, logged, pgserver, registry, store
+from fraud_lib import airflow_local, data, logged, pgserver, promotion, registry, store
 from fraud_lib.config import Settings
 from fraud_lib.errors import FraudError
 from fraud_lib.schema import FeatureSchema
@@ -243,7 +243,7 @@ def run_demo(
     if ref is None:
         raise FraudError("the first model was not registered; see the log above")
     held_out = history[history["Time"] > result.time_range["fit_end"]]
-    decision = registry.promote_if_better(settings, engine, held_out, ref.version)
+    decision = promotion.promote_if_better(settings, engine, held_out, ref.version)
     say(f"first champion: version {ref.version} ({decision.event}: {decision.reason})")
     report.champion_before = registry.alias_version(settings)
     if report.champion_before is None:

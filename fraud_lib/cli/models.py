@@ -185,7 +185,7 @@ def promote(
     dry_run: bool,
 ) -> None:
     """Compare challenger and champion on the same held-out window; promote if better."""
-    from fraud_lib import registry
+    from fraud_lib import promotion, registry
 
     settings = _settings(ctx)
     challenger = version or registry.alias_version(settings, registry.CHALLENGER)
@@ -201,7 +201,7 @@ def promote(
             f"period (time > {fit_end:g}); pass newer labeled data"
         )
     say(f"evaluating version {challenger} against the champion on {len(window):,} held-out rows")
-    decision = registry.promote_if_better(
+    decision = promotion.promote_if_better(
         settings,
         _engine(settings),
         window,
@@ -227,10 +227,10 @@ def promote(
 @click.pass_context
 def rollback(ctx: click.Context, to_version: str | None, reason: str) -> None:
     """Move the champion alias back to the previous champion."""
-    from fraud_lib import registry
+    from fraud_lib import promotion
 
     settings = _settings(ctx)
-    old, new = registry.rollback(settings, _engine(settings), to_version=to_version, reason=reason)
+    old, new = promotion.rollback(settings, _engine(settings), to_version=to_version, reason=reason)
     click.echo(f"champion moved from version {old} back to {new}")
 
 

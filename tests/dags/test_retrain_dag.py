@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from fraud_lib import registry, store
+from fraud_lib import promotion, registry, store
 from fraud_lib.config import Settings
 from fraud_lib.data import generate
 from fraud_lib.features import predict_scores
@@ -74,7 +74,7 @@ def _seed(settings: Settings, engine: Any, *, scenario: str, seed: int, end: dat
     trained = train_model(history, SCHEMA, test_fraction=0.2)
     champion = registry.log_model(trained, settings)
     held_out = history[history[SCHEMA.time] > trained.time_range["fit_end"]]
-    first = registry.promote_if_better(settings, engine, held_out, champion.version)
+    first = promotion.promote_if_better(settings, engine, held_out, champion.version)
     assert first.event == "promoted", first.reason
 
     traffic = generate(

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fraud_lib import pgserver
+from fraud_lib import pgbin, pgserver
 from fraud_lib.config import Settings
 from fraud_lib.errors import DatabaseError
 from fraud_lib.pgserver import EmbeddedPostgres
@@ -49,10 +49,10 @@ def own_server(pg_base_dir):
 def test_find_bindir_prefers_env(tmp_path, monkeypatch):
     bindir = fake_bindir(tmp_path / "bin")
     monkeypatch.setenv("FRAUD_PG_BINDIR", str(bindir))
-    assert pgserver.find_bindir() == bindir
+    assert pgbin.find_bindir() == bindir
     monkeypatch.setenv("FRAUD_PG_BINDIR", str(tmp_path / "missing"))
     with pytest.raises(DatabaseError, match=r"FRAUD_PG_BINDIR=.*initdb and pg_ctl"):
-        pgserver.find_bindir()
+        pgbin.find_bindir()
 
 
 def test_find_bindir_picks_the_highest_version(tmp_path, monkeypatch):
@@ -60,23 +60,23 @@ def test_find_bindir_picks_the_highest_version(tmp_path, monkeypatch):
         fake_bindir(tmp_path / "postgresql" / version / "bin")
     monkeypatch.delenv("FRAUD_PG_BINDIR", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no pg_config, no initdb on PATH
-    monkeypatch.setattr(pgserver, "SEARCH_GLOBS", [str(tmp_path / "postgresql/*/bin")])
-    assert pgserver.find_bindir() == tmp_path / "postgresql" / "16" / "bin"
+    monkeypatch.setattr(pgbin, "SEARCH_GLOBS", [str(tmp_path / "postgresql/*/bin")])
+    assert pgbin.find_bindir() == tmp_path / "postgresql" / "16" / "bin"
 
 
 def test_find_bindir_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.delenv("FRAUD_PG_BINDIR", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(pgserver, "SEARCH_GLOBS", [])
+    monkeypatch.setattr(pgbin, "SEARCH_GLOBS", [])
     with pytest.raises(DatabaseError) as info:
-        pgserver.find_bindir()
+        pgbin.find_bindir()
     message = str(info.value)
     for hint in ("apt-get install postgresql", "FRAUD_PG_BINDIR", "FRAUD_DATABASE_URL"):
         assert hint in message
 
 
 def test_find_bindir_finds_this_machines_postgres():
-    bindir = pgserver.find_bindir()
+    bindir = pgbin.find_bindir()
     assert (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file()
 
 

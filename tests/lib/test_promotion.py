@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from fraud_lib import registry, store
+from fraud_lib import promotion, registry, store
 from fraud_lib.data import generate
 from fraud_lib.errors import PromotionConflict, RegistryError
 from fraud_lib.schema import FeatureSchema
@@ -48,12 +48,12 @@ def test_first_model_is_promoted_then_better_wins_and_worse_loses(
 ):
     s, (_, later) = gate_settings, frames
     v1 = registry.log_model(trained["weak"], s)
-    first = registry.promote_if_better(s, pg_engine, later, v1.version)
+    first = promotion.promote_if_better(s, pg_engine, later, v1.version)
     assert first.event == "promoted" and "first champion" in first.reason
     assert registry.alias_version(s) == v1.version
 
     v2 = registry.log_model(trained["strong"], s)
-    better = registry.promote_if_better(s, pg_engine, later, v2.version)
+    better = promotion.promote_if_better(s, pg_engine, later, v2.version)
     assert better.event == "promoted", better.reason
     assert better.champion_version == v1.version
     assert (
@@ -63,7 +63,7 @@ def test_first_model_is_promoted_then_better_wins_and_worse_loses(
     assert registry.alias_version(s) == v2.version
 
     v3 = registry.log_model(trained["weak"], s)
-    worse = registry.promote_if_better(s, pg_engine, later, v3.version)
+    worse = promotion.promote_if_better(s, pg_engine, later, v3.version)
     assert worse.event == "rejected" and "does not beat champion" in worse.reason
     assert registry.alias_version(s) == v2.version
 
@@ -79,14 +79,14 @@ def test_first_model_is_promoted_then_better_wins_and_worse_loses(
 def test_floors_reject_a_weak_first_model(settings, pg_engine, frames, trained):
     strict = replace(settings, min_average_precision=0.99)
     v1 = registry.log_model(trained["weak"], strict)
-    decision = registry.promote_if_better(strict, pg_engine, frames[1], v1.version)
+    decision = promotion.promote_if_better(strict, pg_engine, frames[1], v1.version)
     assert decision.event == "rejected" and "below the floor" in decision.reason
     assert registry.alias_version(strict) is None
 
 
 def test_dry_run_records_but_does_not_move(gate_settings, pg_engine, frames, trained):
     v1 = registry.log_model(trained["strong"], gate_settings)
-    decision = registry.promote_if_better(
+    decision = promotion.promote_if_better(
         gate_settings, pg_engine, frames[1], v1.version, dry_run=True
     )
     assert decision.promote and decision.event == "dry_run"
@@ -99,15 +99,15 @@ def test_concurrent_alias_change_fails_the_compare_and_set(
 ):
     s, later = gate_settings, frames[1]
     v1 = registry.log_model(trained["weak"], s)
-    registry.promote_if_better(s, pg_engine, later, v1.version)
+    promotion.promote_if_better(s, pg_engine, later, v1.version)
     v2 = registry.log_model(trained["strong"], s)
-    decision = registry.evaluate_challenger(s, later, v2.version)
+    decision = promotion.evaluate_challenger(s, later, v2.version)
     assert decision.promote and decision.champion_version == v1.version
     # Someone else promotes another version between our evaluation and our alias move.
     v3 = registry.log_model(trained["weak"], s)
     registry.client(s).set_registered_model_alias(s.model_name, "champion", v3.version)
     with pytest.raises(PromotionConflict, match="re-run the evaluation"):
-        registry.apply_decision(s, pg_engine, decision)
+        promotion.apply_decision(s, pg_engine, decision)
     assert registry.alias_version(s) == v3.version
     assert _events(pg_engine, s)[0]["event"] == "conflict"
 
@@ -115,20 +115,20 @@ def test_concurrent_alias_change_fails_the_compare_and_set(
 def test_rollback_restores_the_previous_champion(gate_settings, pg_engine, frames, trained):
     s, later = gate_settings, frames[1]
     v1 = registry.log_model(trained["weak"], s)
-    registry.promote_if_better(s, pg_engine, later, v1.version)
+    promotion.promote_if_better(s, pg_engine, later, v1.version)
     v2 = registry.log_model(trained["strong"], s)
-    registry.promote_if_better(s, pg_engine, later, v2.version)
-    assert registry.rollback(s, pg_engine) == (v2.version, v1.version)
+    promotion.promote_if_better(s, pg_engine, later, v2.version)
+    assert promotion.rollback(s, pg_engine) == (v2.version, v1.version)
     assert registry.alias_version(s) == v1.version
     assert _events(pg_engine, s)[0]["event"] == "rolled_back"
     with pytest.raises(RegistryError, match="no recorded previous champion"):
-        registry.rollback(s, pg_engine)
+        promotion.rollback(s, pg_engine)
 
 
 def test_evaluation_window_must_be_held_out(gate_settings, pg_engine, frames, trained):
     v1 = registry.log_model(trained["strong"], gate_settings)
     with pytest.raises(RegistryError, match="overlaps the challenger's training data"):
-        registry.evaluate_challenger(gate_settings, frames[0], v1.version)
+        promotion.evaluate_challenger(gate_settings, frames[0], v1.version)
 
 
 def test_loaded_model_carries_schema_threshold_and_scores_like_training(gate_settings, trained):
