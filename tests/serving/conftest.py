@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 
-from fraud_lib import pgserver, registry
+from fraud_lib import pgserver, registry, store
 from fraud_lib.config import Settings
 from fraud_lib.data import generate
 from fraud_lib.schema import FeatureSchema
@@ -39,6 +39,22 @@ ADMIN_TOKEN = "test-admin-token"
 
 def set_champion(settings: Settings, version: str) -> None:
     registry.client(settings).set_registered_model_alias(settings.model_name, "champion", version)
+
+
+def rows_of(frames: tuple[Any, Any], n: int, start: int = 0) -> list[dict[str, Any]]:
+    """``n`` transactions of the later generated frame, as request records."""
+    return frames[1].iloc[start : start + n].to_dict("records")
+
+
+def wait_logged(engine: Any, ids: list[str], timeout: float = 20.0) -> None:
+    """Wait until every one of the prediction ids is a row in Postgres."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if store.count_predictions_by_ids(engine, ids) == len(ids):
+            return
+        time.sleep(0.05)
+    got = store.count_predictions_by_ids(engine, ids)
+    raise AssertionError(f"{got} of {len(ids)} rows reached Postgres")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import requests
-from conftest import set_champion
+from conftest import rows_of, set_champion, wait_logged
 
 from fraud_lib import store
 
@@ -86,26 +86,12 @@ def metric_values(url: str, name: str) -> list[tuple[str, float]]:
     ]
 
 
-def wait_rows(engine, ids, timeout=60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if store.count_predictions_by_ids(engine, ids) == len(ids):
-            return
-        time.sleep(0.2)
-    got = store.count_predictions_by_ids(engine, ids)
-    raise AssertionError(f"only {got} of {len(ids)} acknowledged predictions reached Postgres")
-
-
-def rows_of(frames, n=200):
-    return frames[1].iloc[:n].to_dict("records")
-
-
 def test_hot_reload_reaches_every_worker_without_a_failed_request(
     start_service, serving_settings, model_store, frames, pg_engine
 ):
     v = model_store["versions"]
     service = start_service(workers=2)
-    with Load(service.url, rows_of(frames)) as load:
+    with Load(service.url, rows_of(frames, 200)) as load:
         load.wait_for(lambda s: len(s.acked) >= 50, 30, "requests on the first version")
         set_champion(serving_settings, v["hgb2"])
         load.wait_for(
@@ -135,7 +121,7 @@ def test_hot_reload_reaches_every_worker_without_a_failed_request(
     ready = requests.get(service.url + "/readyz", timeout=10).json()
     assert ready["model"]["last_error"]["reason"] == "schema_mismatch"
     set_champion(serving_settings, v["hgb"])
-    wait_rows(pg_engine, load.acked)
+    wait_logged(pg_engine, load.acked, timeout=60)
 
 
 def test_postgres_outage_fails_no_request_and_loses_no_prediction(
@@ -170,7 +156,7 @@ def test_postgres_outage_fails_no_request_and_loses_no_prediction(
     finally:
         pg_server.ensure_running()
     assert len(acked) == 90 + 30 * 5
-    wait_rows(pg_engine, acked)
+    wait_logged(pg_engine, acked, timeout=60)
     assert store.prediction_count(pg_engine) == len(acked)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -186,7 +172,7 @@ def test_a_sigkilled_worker_loses_no_acknowledged_prediction(
 ):
     # Ship only every 3 s, so that the victim surely dies with unshipped predictions.
     service = start_service(workers=2, FRAUD_LOG_FLUSH_SECONDS="3", FRAUD_LOG_BATCH_SIZE="100000")
-    with Load(service.url, rows_of(frames), threads=4) as load:
+    with Load(service.url, rows_of(frames, 200), threads=4) as load:
         load.wait_for(lambda s: len(s.acked) >= 200, 60, "load before the kill")
         victim = service.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
@@ -194,7 +180,7 @@ def test_a_sigkilled_worker_loses_no_acknowledged_prediction(
         load.wait_for(lambda s: len(s.acked) >= n_at_kill + 300, 60, "load after the kill")
         assert victim not in service.worker_pids()
     assert len(load.failures) <= load.threads  # at most the requests in flight in the victim
-    wait_rows(pg_engine, load.acked)
+    wait_logged(pg_engine, load.acked, timeout=60)
     assert re.search(rf"adopted {victim}-\w+ of a dead worker \((\d+) records", service.log())
     extra = store.prediction_count(pg_engine) - len(load.acked)
     # rows beyond the acknowledged ones: spooled by the victim just before it died, answer lost
@@ -222,7 +208,7 @@ def test_a_large_batch_is_logged_exactly_and_an_oversized_body_is_413(
     predictions = resp.json()["predictions"]
     assert [p["transaction_id"] for p in predictions] == [r["transaction_id"] for r in rows]
     pids = [p["prediction_id"] for p in predictions]
-    wait_rows(pg_engine, pids)
+    wait_logged(pg_engine, pids, timeout=60)
     with pg_engine.connect() as conn:
         stored = dict(
             conn.exec_driver_sql(

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import wait_logged
 
 from fraud_lib import store
 from serving.metrics import Metrics
@@ -53,16 +54,6 @@ def lines_for(n: int, *, prefix: str = "t") -> tuple[bytes, list[str]]:
 
 def as_dicts(rows: list[tuple]) -> list[dict[str, Any]]:
     return [dict(zip(store.PREDICTION_FIELDS, row, strict=True)) for row in rows]
-
-
-def wait_for(engine, pids, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if store.count_predictions_by_ids(engine, pids) == len(pids):
-            return
-        time.sleep(0.05)
-    got = store.count_predictions_by_ids(engine, pids)
-    raise AssertionError(f"{got} of {len(pids)} rows reached Postgres")
 
 
 @pytest.fixture()
@@ -169,7 +160,7 @@ def test_rotation_ships_everything_and_deletes_shipped_segments(log_settings, pg
         all_pids += pids
     # rotated: the open segment's number (shipped segments may already be deleted)
     assert max(int(p.name.split(".")[1]) for p in log.dir.glob("*.spool")) > 5
-    wait_for(pg_engine, all_pids)
+    wait_logged(pg_engine, all_pids)
     deadline = time.monotonic() + 5
     while len(list(log.dir.glob("*.spool"))) > 1 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -231,7 +222,7 @@ def test_a_sigkilled_writers_spool_is_adopted_and_shipped(log_settings, pg_engin
     log = make_log(log_settings, pg_engine)
     log.start()
     try:
-        wait_for(pg_engine, pids)
+        wait_logged(pg_engine, pids)
         deadline = time.monotonic() + 10
         while log._orphans and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -253,7 +244,7 @@ def test_rows_postgres_refuses_are_set_aside_not_blocking(log_settings, pg_engin
     log.append(encode_block(refused), 2)
     more, more_pids = lines_for(5)
     log.append(more, 5)
-    wait_for(pg_engine, pids + more_pids)
+    wait_logged(pg_engine, pids + more_pids)
     assert store.count_predictions_by_ids(pg_engine, bad_pids[:1]) == 1  # its good row
     assert store.count_predictions_by_ids(pg_engine, bad_pids[1:]) == 0
     deadline = time.monotonic() + 5
@@ -281,6 +272,6 @@ def test_close_with_postgres_down_keeps_the_spool_for_the_next_writer(log_settin
     assert any(p.suffix == ".spool" for p in log.dir.iterdir())
     successor = make_log(log_settings, pg_engine)
     successor.start()  # a closed (not killed) writer's lock is free too: adopted at once
-    wait_for(pg_engine, pids)
+    wait_logged(pg_engine, pids)
     assert successor.close() is True
     assert [p.name for p in log.dir.iterdir()] == []
