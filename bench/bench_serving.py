@@ -30,7 +30,6 @@ import json
 import pickle
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,12 +37,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import requests
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
+from harness import (  # noqa: E402
+    WORKER_CLASSES,
+    Gunicorn,
+    gunicorn_argv,
+    metric_by_pid,
+    metric_sum,
+    pct,
+    summarize,
+    truncate,
+    wait_backlog_below,
+    wait_drain,
+    wait_rows,
+)
 from loadgen import build_request, run_load, single  # noqa: E402
 
 # fraud_lib (scikit-learn, MLflow) is imported inside the functions: the load generator's
@@ -52,84 +63,6 @@ from loadgen import build_request, run_load, single  # noqa: E402
 
 def say(msg: str) -> None:
     print(f">> {msg}", file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
-def summarize(rows: list[tuple], duration: float) -> dict[str, Any]:
-    ok = [r[1] for r in rows if r[2] == 200]
-    return {
-        "requests": len(rows),
-        "ok": len(ok),
-        "failed": len(rows) - len(ok),
-        "req_per_s": len(ok) / duration,
-        "p50_ms": pct(ok, 50) * 1000,
-        "p99_ms": pct(ok, 99) * 1000,
-    }
-
-
-class Gunicorn:
-    """One gunicorn master started here; stopped by its pid."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.name, self.log = name, log
-        with open(log, "wb") as fh:
-            self.proc = subprocess.Popen(
-                argv, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT
-            )
-
-    def worker_class(self) -> str:
-        for line in self.log.read_text().splitlines():
-            if "Using worker:" in line:
-                return line.rsplit("Using worker:", 1)[1].strip()
-        return "?"
-
-    def workers(self) -> list[int]:
-        try:
-            return [int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-                    .read_text().split()]  # fmt: skip
-        except OSError:
-            return []
-
-    def wait_ready(self, port: int, probe: bytes, n_workers: int, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        good = 0
-        while time.monotonic() < deadline and good < 10:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                ok = single(port, probe, timeout=10)[0] == 200 and len(self.workers()) == n_workers
-            except OSError:
-                ok = False
-            good = good + 1 if ok else 0
-            time.sleep(0.1)
-        if good < 10:
-            raise RuntimeError(f"{self.name} not ready:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                for pid in self.workers():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-WORKER_CLASSES = {
-    "sync": {"FRAUD_WORKER_CLASS": "sync"},
-    "gthread": {"FRAUD_WORKER_CLASS": "gthread", "FRAUD_THREADS": "4"},
-}
-
-
-def gunicorn_argv(port: int, app: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf",
-            "-b", f"127.0.0.1:{port}", "-w", "2", *extra, app]  # fmt: skip
 
 
 def floor_timings(loaded: Any, X: np.ndarray, frame: Any) -> dict[str, float]:
@@ -162,63 +95,6 @@ def floor_timings(loaded: Any, X: np.ndarray, frame: Any) -> dict[str, float]:
         "service_predictor": served.predictor,
         "n_trees": int(getattr(clf, "n_iter_", 0)),
     }
-
-
-def metric_by_pid(url: str, name: str) -> dict[str, float]:
-    out = {}
-    for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + "{") and 'pid="' in line:
-            pid = line.split('pid="', 1)[1].split('"', 1)[0]
-            out[pid] = float(line.rsplit(" ", 1)[1])
-    return out
-
-
-def metric_sum(url: str, name: str) -> float:
-    total = 0.0
-    for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def wait_backlog_below(url: str, limit: float, timeout: float) -> float:
-    """Poll every worker's prediction-log backlog until it is below ``limit`` records; the time
-    it got there (NaN on timeout)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if metric_sum(url, "fraud_prediction_log_backlog_records") < limit:
-            return time.time()
-        time.sleep(0.1)
-    return float("nan")
-
-
-def wait_until(done: Any, timeout: float, poll: float) -> float:
-    """Seconds until ``done()`` is true, checked every ``poll`` s (NaN on timeout)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if done():
-            return time.monotonic() - t0
-        time.sleep(poll)
-    return float("nan")
-
-
-def wait_drain(engine: Any, ids: list[str], timeout: float = 180) -> float:
-    """Seconds until every prediction of ``ids`` is in Postgres (NaN on timeout)."""
-    from fraud_lib import store
-
-    return wait_until(lambda: store.count_predictions_by_ids(engine, ids) == len(ids), timeout, 0.1)
-
-
-def wait_rows(engine: Any, rows: int, timeout: float = 120) -> float:
-    """Seconds until the predictions table holds at least ``rows`` rows (NaN on timeout)."""
-    from fraud_lib import store
-
-    return wait_until(lambda: store.prediction_count(engine) >= rows, timeout, 0.01)
-
-
-def truncate(engine: Any) -> None:
-    with engine.begin() as conn:
-        conn.exec_driver_sql("TRUNCATE predictions")
 
 
 def main() -> None:
