@@ -1,3 +1,4 @@
-"""fraudloop's logic: data, features, training, evaluation, registry, drift, storage, retraining cycle."""
+"""fraudloop's logic: data, features, training, evaluation, registry, promotion, drift, storage,
+retraining cycle."""
 
 __version__ = "0.1.0"

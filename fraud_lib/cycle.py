@@ -259,7 +259,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Champion and challenger on the window's evaluation slice; the decision, nothing moved.
 
-    The challenger never saw the slice (enforced by the registry). The champion may have, when
+    The challenger never saw the slice (enforced by :func:`fraud_lib.promotion.evaluate_challenger`). The champion may have, when
     a window is re-evaluated with other options; ``details.champion_overlap_rows`` then counts
     the slice rows at or before the champion's ``fit_end`` (its metrics are optimistic).
     """

@@ -194,7 +194,7 @@ def _record(
 
 
 def _lock(conn: Connection, name: str) -> None:
-    """Serialize alias moves of model ``name`` until ``conn``'s transaction ends."""
+    """Serialise alias moves of model ``name`` until ``conn``'s transaction ends."""
     conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": "fraudloop:" + name})
 
 

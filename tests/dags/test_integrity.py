@@ -25,6 +25,8 @@ HEAVY_MODULES = (
     "mlflow",
     "evidently",
     "fraud_lib.cycle",
+    "fraud_lib.promotion",
+    "fraud_lib.registry",
     "fraud_lib.window",
 )
 

@@ -1,4 +1,5 @@
-"""The promotion gate against a real MLflow store (temp dir) and a real Postgres."""
+"""The promotion gate, and the registry it reads, against a real MLflow store (temp dir) and a
+real Postgres."""
 
 from __future__ import annotations
 
@@ -123,6 +124,22 @@ def test_rollback_restores_the_previous_champion(gate_settings, pg_engine, frame
     assert _events(pg_engine, s)[0]["event"] == "rolled_back"
     with pytest.raises(RegistryError, match="no recorded previous champion"):
         promotion.rollback(s, pg_engine)
+
+
+def test_a_champion_on_another_schema_is_replaced_only_when_forced(
+    gate_settings, pg_engine, frames, trained
+):
+    s, (past, later) = gate_settings, frames
+    narrow = replace(SCHEMA, features=SCHEMA.features[:5])
+    v1 = registry.log_model(train_model(past, narrow, model_type="lr", test_fraction=0.1), s)
+    promotion.promote_if_better(s, pg_engine, later, v1.version)
+    v2 = registry.log_model(trained["strong"], s)
+    decision = promotion.promote_if_better(s, pg_engine, later, v2.version)
+    assert decision.event == "rejected" and "input schema differs" in decision.reason
+    assert decision.champion_metrics is not None  # compared on the same window first
+    assert registry.alias_version(s) == v1.version
+    forced = promotion.promote_if_better(s, pg_engine, later, v2.version, force=True)
+    assert forced.event == "promoted" and registry.alias_version(s) == v2.version
 
 
 def test_evaluation_window_must_be_held_out(gate_settings, pg_engine, frames, trained):
