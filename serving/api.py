@@ -21,6 +21,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from fraud_lib import store
 from fraud_lib.errors import DatabaseError, DataError
+from serving.metrics import RISK_LEVELS
 from serving.prediction_log import LogUnavailable
 from serving.spool import Block, encode_block
 from serving.typed_batch import decode_batch
@@ -69,6 +70,7 @@ class BatchPredictions(msgspec.Struct):
 
 
 _ENCODER = msgspec.json.Encoder()
+_RISK_NAMES = np.array(RISK_LEVELS, dtype=object)
 
 
 def state() -> Any:
@@ -87,12 +89,10 @@ def new_ids(n: int) -> list[str]:
     return [text[i : i + 32] for i in range(0, 32 * n, 32)]
 
 
-def risk_levels(scores: np.ndarray, medium: float, high: float) -> list[str]:
-    """``high`` if score >= high, ``medium`` if >= medium, else ``low``."""
-    if len(scores) == 1:
-        s = float(scores[0])
-        return ["high" if s >= high else "medium" if s >= medium else "low"]
-    return np.where(scores >= high, "high", np.where(scores >= medium, "medium", "low")).tolist()
+def risk_levels(scores: np.ndarray, medium: float, high: float) -> np.ndarray:
+    """Per score, its index in :data:`RISK_LEVELS`: ``high`` if score >= high, ``medium`` if
+    >= medium, else ``low`` (``medium <= high``, as the settings check)."""
+    return np.searchsorted((medium, high), scores, side="right")
 
 
 @bp.post("/v1/score")
@@ -116,8 +116,10 @@ def score() -> Response:
         scores = served.score_records(txs.records or [])
         logged = {"features": txs.records or []}  # dicts: msgspec encodes them as objects
     threshold = float(served.threshold)
-    fraud = (scores >= threshold).tolist()
-    risk = risk_levels(scores, st.settings.risk_medium, st.settings.risk_high)
+    flagged = scores >= threshold
+    fraud = flagged.tolist()
+    levels = risk_levels(scores, st.settings.risk_medium, st.settings.risk_high)
+    risk = _RISK_NAMES[levels].tolist()
     score_list = scores.tolist()
     pids = new_ids(n)
     missing = [i for i, t in enumerate(txs.ids) if t is None]
@@ -140,14 +142,14 @@ def score() -> Response:
         **logged,
     )
     try:
-        st.log.append(encode_block(block), n)
+        full = st.log.append(encode_block(block), n, wake=False)
     except LogUnavailable as exc:
         raise ApiError(
             503,
             "log_unavailable",
             f"the prediction could not be logged, so it is not answered: {exc}",
         ) from None
-    st.metrics.observe_scores(scores, np.asarray(fraud), risk)
+    st.metrics.observe_scores(scores, flagged, levels)
     st.metrics.batch_size.observe(n)
     model = Model(served.name, served.version)
     if txs.batch:
@@ -157,7 +159,11 @@ def score() -> Response:
         answer = SinglePrediction(
             ids[0], pids[0], score_list[0], fraud[0], risk[0], threshold, model
         )
-    return Response(_ENCODER.encode(answer), status=200, mimetype="application/json")
+    response = Response(_ENCODER.encode(answer), status=200, mimetype="application/json")
+    if full:  # wake the shipper once the answer is sent: woken before, its decoding took the
+        # GIL from the answer's (10,000 rows: 28-34 ms instead of 3 in 2 of 12 requests)
+        response.call_on_close(st.log.wake)
+    return response
 
 
 @bp.post("/v1/labels")

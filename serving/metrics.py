@@ -15,9 +15,7 @@ Two modes, chosen by the environment when the app is created:
 
 from __future__ import annotations
 
-import collections
 import os
-from collections.abc import Sequence
 
 import numpy as np
 from prometheus_client import (
@@ -33,6 +31,8 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0,
 )  # fmt: skip
+RISK_LEVELS = ("low", "medium", "high")  # the ``risk_level`` values, lowest first
+_DECISIONS = [(fraud, level) for fraud in ("false", "true") for level in RISK_LEVELS]
 SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
@@ -108,11 +108,12 @@ class Metrics:
             multiprocess_mode="liveall", registry=r,
         )  # fmt: skip
 
-    def observe_scores(self, scores: np.ndarray, is_fraud: np.ndarray, risk: Sequence[str]) -> None:
-        """Record a batch of scores: the histogram in bulk, decisions by (is_fraud, risk)."""
+    def observe_scores(self, scores: np.ndarray, is_fraud: np.ndarray, levels: np.ndarray) -> None:
+        """Record a batch of scores: the histogram in bulk, decisions by (is_fraud, risk
+        level); ``levels`` holds indices in :data:`RISK_LEVELS`."""
         if len(scores) == 1:
             self.scores.observe(float(scores[0]))
-            self.decisions.labels(str(bool(is_fraud[0])).lower(), risk[0]).inc()
+            self.decisions.labels(str(bool(is_fraud[0])).lower(), RISK_LEVELS[levels[0]]).inc()
             return
         counts = np.bincount(
             np.searchsorted(SCORE_BUCKETS, scores, side="left"), minlength=len(SCORE_BUCKETS) + 1
@@ -130,10 +131,11 @@ class Metrics:
         else:  # pragma: no cover - other prometheus_client layouts
             for s in scores.tolist():
                 child.observe(s)
-        for (fraud, level), count in collections.Counter(
-            zip(is_fraud.tolist(), risk, strict=True)
-        ).items():
-            self.decisions.labels(str(fraud).lower(), level).inc(count)
+        pairs = np.bincount(is_fraud.astype(np.intp) * len(RISK_LEVELS) + levels,
+                            minlength=2 * len(RISK_LEVELS))  # fmt: skip
+        for (fraud, level), count in zip(_DECISIONS, pairs.tolist(), strict=True):
+            if count:
+                self.decisions.labels(fraud, level).inc(count)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition of every worker (multiprocess) or of this app's registry."""

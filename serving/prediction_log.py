@@ -148,9 +148,13 @@ class PredictionLog:
         self._open_seq, self._open_size = seq, 0
         return fd
 
-    def append(self, data: bytes, records: int) -> None:
+    def append(self, data: bytes, records: int, *, wake: bool = True) -> bool:
         """Append encoded lines; returns once they are in the OS (fsynced if configured).
-        Raises :class:`LogUnavailable` if they could not be written (nothing is kept then)."""
+        Raises :class:`LogUnavailable` if they could not be written (nothing is kept then).
+
+        Returns True when a full batch is waiting for the shipper: it is woken now, or with
+        ``wake=False`` by the caller's :meth:`wake` once its own work is done (a request
+        answered first, while the shipper's decoding would compete with it for the GIL)."""
         with self._lock:
             if self._fd is None:
                 raise LogUnavailable("the prediction log is closed (the worker is shutting down)")
@@ -172,8 +176,13 @@ class PredictionLog:
                 self._fd = self._open_segment(self._open_seq + 1)
             full = self._appended - self._shipped >= self.batch_size
         self.metrics.log_spooled.inc(records)
-        if full:
+        if full and wake:
             self._wake.set()
+        return full
+
+    def wake(self) -> None:
+        """Ask the shipper to ship now rather than at its next timed check."""
+        self._wake.set()
 
     # ------------------------------------------------------------------ status
     @property
