@@ -22,7 +22,8 @@ threads share one GIL: they overlap network I/O, not scoring.
 
 Everything that must be true before a worker imports numpy, scikit-learn or prometheus_client
 is done at import time here, in the master: ``OMP_NUM_THREADS=1`` (two workers on two cores
-each running an OpenMP pool fell to ~16 requests/s with multi-second tails) and the
+each running an OpenMP pool fell to ~16 requests/s with multi-second tails), glibc malloc
+settings that keep freed memory for the next request (:mod:`serving.malloc`) and the
 prometheus_client multiprocess directory. Hooks: ``post_worker_init`` applies a threadpoolctl
 limit of 1 once the libraries are loaded; ``pre_request`` reads a body of known length in
 bulk (:mod:`serving.request_body`); ``worker_exit`` drains
@@ -39,6 +40,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from serving.malloc import keep_freed_memory
 from serving.request_body import use_bulk_body
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -87,6 +89,8 @@ logging.basicConfig(
 for _noisy in ("mlflow", "alembic", "urllib3", "git"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 METRICS_DIR = _metrics_dir()
+if keep_freed_memory():
+    logging.getLogger("serving").info("malloc: freed memory is kept for the next request")
 
 
 def on_starting(server: Any) -> None:
