@@ -174,6 +174,7 @@ class Transactions:
     event_times: list[float | None]
     X: np.ndarray | None = None  # float64, schema.features order (numeric-only schemas)
     records: list[dict[str, Any]] | None = None  # validated records (schemas with categoricals)
+    decoded: Any = None  # what the body was decoded into, when kept (freed after the answer)
 
     def __len__(self) -> int:
         return len(self.ids)
