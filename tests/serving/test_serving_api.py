@@ -109,6 +109,15 @@ def test_every_prediction_reaches_postgres_with_its_fields(client, frames, pg_en
     assert events == {batch[0]["prediction_id"]: 12.5, batch[1]["prediction_id"]: None}
 
 
+def test_a_full_batch_is_shipped_as_soon_as_it_is_answered(make_app, frames, pg_engine):
+    client = make_app(log_flush_seconds=30.0, log_batch_size=50).test_client()
+    for start in (0, 60):  # the second one after the shipper went idle for its 30 s
+        resp = client.post("/v1/score", json={"transactions": rows_of(frames, 60, start)})
+        resp.close()  # as a WSGI server does once the answer is sent: the shipper is woken
+        wait_logged(pg_engine, [p["prediction_id"] for p in resp.get_json()["predictions"]], 10)
+        time.sleep(0.5)
+
+
 def test_model_health_ready_and_metrics(client, frames, model_store):
     body = client.get("/v1/model").get_json()
     assert body["version"] == model_store["versions"]["hgb"] and body["alias"] == "champion"

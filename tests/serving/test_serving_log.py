@@ -172,6 +172,21 @@ def test_rotation_ships_everything_and_deletes_shipped_segments(log_settings, pg
     assert store.prediction_count(pg_engine) == 210
 
 
+def test_a_full_batch_appended_without_wake_waits_for_the_callers_wake(log_settings, pg_engine):
+    log = make_log(replace(log_settings, log_flush_seconds=30.0), pg_engine)
+    log.start()
+    data, pids = lines_for(150)  # more than the batch size (100): woken at once
+    assert log.append(data, len(pids)) is True
+    wait_logged(pg_engine, pids, timeout=10)
+    time.sleep(0.5)  # the shipper found nothing more and waits its 30 s
+    data, pids = lines_for(150, prefix="later")
+    assert log.append(data, len(pids), wake=False) is True
+    time.sleep(0.5)
+    assert store.count_predictions_by_ids(pg_engine, pids) == 0  # not woken
+    log.wake()
+    wait_logged(pg_engine, pids, timeout=10)
+
+
 DEAD_WRITER = textwrap.dedent(
     """
     import json, os, signal, sys
