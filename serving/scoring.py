@@ -4,19 +4,18 @@ Three predictors, fastest first; each is used only if it gives the same scores a
 pipeline on the canary batch (``max |diff| <= 1e-12``, no warnings), else the next one:
 
 ``compiled-trees``
-    HistGradientBoosting (binary, numeric splits only) flattened into numpy arrays and
-    evaluated for all trees at once, level by level: ~0.1 ms for one row with 400 trees where
-    ``predict_proba`` spends ~5 ms in per-tree Python overhead. Used for up to
-    :data:`SMALL_BATCH` rows; it reads scikit-learn's fitted tree records
-    (``_predictors``, ``_baseline_prediction``), which is why it is verified at every load.
+    HistGradientBoosting (binary, numeric splits only) compiled with numba
+    (:mod:`serving.trees`): one row in 5 us where ``predict_proba`` spends ~1 ms in per-tree
+    Python overhead, 10,000 rows in 27 ms where it takes 46 (105 trees, one thread).
 ``estimator``
     The pipeline's final estimator on a float64 numpy matrix, when the preprocessing is a
-    pure passthrough of the numeric feature columns (no DataFrame on the hot path). From
-    :data:`SPLIT_BATCH` rows the matrix is scored in two halves on two threads (scikit-learn's
-    tree traversal releases the GIL; 10,000 rows, 105 trees: 45 -> 24 ms), leaving
-    ``OMP_NUM_THREADS=1`` and so single requests alone.
+    pure passthrough of the numeric feature columns (no DataFrame on the hot path).
 ``pipeline``
     The whole logged pipeline on a DataFrame (categorical columns, scalers...).
+
+With the first two, from :data:`SPLIT_BATCH` rows the matrix is scored in two halves on two
+threads (both release the GIL: 10,000 rows with compiled trees 27 -> 14 ms, with the estimator
+46 -> 25 ms), leaving ``OMP_NUM_THREADS=1`` and so single requests alone.
 """
 
 from __future__ import annotations
@@ -30,15 +29,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit
 
 from fraud_lib.registry import LoadedModel
 from fraud_lib.schema import FeatureSchema, records_to_frame
+from serving.trees import CompiledTrees
 
 log = logging.getLogger(__name__)
 
-SMALL_BATCH = 16  # rows up to which compiled trees beat scikit-learn's Cython predictor
-SPLIT_BATCH = 2000  # rows from which the estimator scores two halves on two threads
+SPLIT_BATCH = 2000  # rows from which two halves are scored on two threads
 CANARY_ROWS = 64
 TOLERANCE = 1e-12
 
@@ -71,68 +69,6 @@ def canary_records(schema: FeatureSchema, rows: int = CANARY_ROWS) -> list[dict[
         for col in schema.categorical:
             rec[col] = "" if i % 2 else "canary"
     return records
-
-
-class CompiledTrees:
-    """A binary HistGradientBoostingClassifier as flat numpy arrays (see module docstring)."""
-
-    def __init__(self, clf: Any) -> None:
-        predictors = [p[0] for p in clf._predictors]
-        sizes = [len(p.nodes) for p in predictors]
-        offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.intp)
-        n = int(offsets[-1])
-        self.feature = np.zeros(n, np.intp)
-        self.threshold = np.zeros(n)
-        self.value = np.zeros(n)
-        # children interleaved: [2*i] = right child, [2*i + 1] = left child (taken when
-        # x <= threshold); leaves point at themselves with threshold +inf.
-        self.children = np.zeros(2 * n, np.intp)
-        for start, pred in zip(offsets[:-1].tolist(), predictors, strict=True):
-            nodes = pred.nodes
-            ids = np.arange(start, start + len(nodes))
-            leaf = nodes["is_leaf"].astype(bool)
-            self.feature[ids] = np.where(leaf, 0, nodes["feature_idx"])
-            self.threshold[ids] = np.where(leaf, np.inf, nodes["num_threshold"])
-            self.value[ids] = nodes["value"]
-            self.children[2 * ids] = np.where(leaf, ids, nodes["right"] + start)
-            self.children[2 * ids + 1] = np.where(leaf, ids, nodes["left"] + start)
-        self.roots = offsets[:-1].copy()
-        self.depth = max(int(p.nodes["depth"].max()) for p in predictors)
-        self.baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
-
-    @classmethod
-    def supports(cls, clf: Any) -> bool:
-        """True for a fitted binary HGB classifier with numeric splits only."""
-        if type(clf).__name__ != "HistGradientBoostingClassifier":
-            return False
-        predictors = getattr(clf, "_predictors", None)
-        baseline = getattr(clf, "_baseline_prediction", None)
-        if not predictors or baseline is None or np.asarray(baseline).size != 1:
-            return False
-        if len(getattr(clf, "classes_", ())) != 2 or clf.n_trees_per_iteration_ != 1:
-            return False
-        return all(
-            len(p) == 1 and not np.asarray(p[0].nodes["is_categorical"]).any() for p in predictors
-        )
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Fraud probabilities for the (finite, float64) rows of ``X``."""
-        children, feature, threshold = self.children, self.feature, self.threshold
-        if X.shape[0] == 1:
-            x = X[0]
-            idx = self.roots
-            for _ in range(self.depth):
-                idx = children[2 * idx + (x[feature[idx]] <= threshold[idx])]
-            # Sequential sum in tree order, as scikit-learn accumulates: identical scores.
-            return expit(np.array([sum(self.value[idx].tolist(), self.baseline)]))
-        n, width = X.shape
-        flat = np.ascontiguousarray(X).ravel()
-        row_start = (np.arange(n, dtype=np.intp) * width)[:, None]
-        idx = np.broadcast_to(self.roots, (n, len(self.roots)))
-        for _ in range(self.depth):
-            idx = children[2 * idx + (flat[row_start + feature[idx]] <= threshold[idx])]
-        leaves = np.concatenate((np.full((n, 1), self.baseline), self.value[idx]), axis=1)
-        return expit(np.cumsum(leaves, axis=1)[:, -1])
 
 
 def _passthrough_estimator(model: Any, schema: FeatureSchema) -> Any | None:
@@ -220,17 +156,22 @@ class ServedModel:
 
     def score_matrix(self, X: np.ndarray) -> np.ndarray:
         """Scores for a float64 matrix in ``schema.features`` order (numeric-only schemas)."""
-        if self.compiled is not None and X.shape[0] <= SMALL_BATCH:
-            return self.compiled.predict(X)
-        if self.estimator is not None:
-            if X.shape[0] < SPLIT_BATCH:
-                return self.estimator.predict_proba(X)[:, 1]
-            half = X.shape[0] // 2
-            second = _HALF_SCORER.submit(self.estimator.predict_proba, X[half:])
-            first = self.estimator.predict_proba(X[:half])
-            return np.concatenate((first[:, 1], second.result()[:, 1]))
-        frame = pd.DataFrame(X, columns=list(self.schema.features))
-        return self.loaded.model.predict_proba(frame)[:, 1]
+        if self.compiled is not None:
+            predict = self.compiled.predict
+        elif self.estimator is not None:
+            predict = self._estimator_scores
+        else:
+            frame = pd.DataFrame(X, columns=list(self.schema.features))
+            return self.loaded.model.predict_proba(frame)[:, 1]
+        if X.shape[0] < SPLIT_BATCH:
+            return predict(X)
+        half = X.shape[0] // 2
+        second = _HALF_SCORER.submit(predict, X[half:])
+        first = predict(X[:half])
+        return np.concatenate((first, second.result()))
+
+    def _estimator_scores(self, X: np.ndarray) -> np.ndarray:
+        return self.estimator.predict_proba(X)[:, 1]
 
     def score_records(self, records: list[dict[str, Any]]) -> np.ndarray:
         """Scores for validated records (any schema) through the whole pipeline."""
@@ -270,9 +211,8 @@ def prepare(loaded: LoadedModel) -> ServedModel:
             log.info("compiled-trees predictor not used: %s: %s", type(exc).__name__, exc)
             return served
         single = lambda: np.concatenate([compiled.predict(X[i : i + 1]) for i in range(len(X))])  # noqa: E731
-        batched = lambda: compiled.predict(X[: SMALL_BATCH * 2])  # noqa: E731
         if _same(single, reference, "compiled-trees") and _same(
-            batched, reference[: SMALL_BATCH * 2], "compiled-trees"
+            lambda: compiled.predict(X), reference, "compiled-trees"
         ):
             served.compiled, served.predictor = compiled, "compiled-trees"
     return served

@@ -18,6 +18,7 @@ from werkzeug.wsgi import LimitedStream
 from fraud_lib.schema import FeatureSchema
 from serving.request_body import BulkBody
 from serving.scoring import SPLIT_BATCH, ServedModel
+from serving.trees import CompiledTrees
 from serving.typed_batch import decode_batch
 from serving.validation import ApiError, decode_json, validate_transactions
 
@@ -110,6 +111,26 @@ def test_split_scoring_equals_one_call():
     clf = HistGradientBoostingClassifier(max_iter=20).fit(X, y)
     served = ServedModel(loaded=None, predictor="estimator", estimator=clf)  # type: ignore[arg-type]
     assert np.array_equal(served.score_matrix(X), clf.predict_proba(X)[:, 1])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"max_iter": 30}, {"max_iter": 5, "max_depth": 1}, {"max_iter": 3, "min_samples_leaf": 5000}],
+    ids=["trees", "stumps", "single-leaf trees"],
+)
+def test_compiled_trees_score_exactly_as_scikit_learn(params):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(SPLIT_BATCH + 37, 29))
+    X[:, 0] *= 1e3  # a wide range next to narrow ones
+    y = (X[:, 0] / 1e3 + X[:, 3] + rng.normal(size=len(X)) > 1).astype(int)
+    clf = HistGradientBoostingClassifier(early_stopping=False, **params).fit(X, y)
+    assert CompiledTrees.supports(clf)
+    compiled = CompiledTrees(clf)
+    expected = clf.predict_proba(X)[:, 1]
+    served = ServedModel(loaded=None, predictor="compiled-trees", compiled=compiled)  # type: ignore[arg-type]
+    assert np.array_equal(served.score_matrix(X), expected)  # two halves, two threads
+    assert np.array_equal(compiled.predict(np.asfortranarray(X[:100])), expected[:100])
+    assert [compiled.predict(X[i : i + 1])[0] for i in range(40)] == expected[:40].tolist()
 
 
 @pytest.mark.parametrize("head", [0, 100])

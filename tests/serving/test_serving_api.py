@@ -76,7 +76,7 @@ def test_batch_scores_equal_the_pipeline_and_risk_levels_follow_cut_points(
         assert p["risk_level"] == level
         assert p["is_fraud"] == (p["score"] >= hgb.threshold)
     assert {p["risk_level"] for p in preds} == {"low", "medium", "high"}
-    # small batches take the compiled predictor, large ones scikit-learn: same scores
+    # a batch shorter than the compiled kernel's block of rows: the same scores
     small = client.post("/v1/score", json={"transactions": rows[:3]}).get_json()["predictions"]
     np.testing.assert_allclose([p["score"] for p in small], expected[:3], rtol=0, atol=1e-12)
 

@@ -1,0 +1,109 @@
+"""A binary HistGradientBoostingClassifier compiled to machine code with numba.
+
+The fitted trees are flattened into a few arrays (for every node: feature, threshold, two
+children; a leaf points at itself) and a numba kernel walks them: rows go :data:`BLOCK` at a
+time through each tree, one level per step for all rows of the block, with no branch on the
+data, so the CPU overlaps the rows' memory loads instead of mispredicting one branch per level.
+Leaf values are added in tree order to the baseline, as scikit-learn adds them, and the same
+``expit`` turns them into probabilities: the scores are identical to ``predict_proba``'s, which
+:func:`serving.scoring.prepare` checks on the canary batch at every load (this reads
+scikit-learn's fitted tree records, ``_predictors`` and ``_baseline_prediction``).
+
+Measured on the 2-vCPU VM (105 trees, 31 leaves, depth up to 18), single thread: 10,000 rows
+27 ms where ``predict_proba`` takes 46 ms; one row 5 us where ``predict_proba`` spends ~1 ms in
+per-tree Python overhead. The kernel releases the GIL, so two threads score two halves at once.
+It is compiled when this module is imported (~0.5 s, once per process).
+
+Rows must be finite: the walk sends ``x > threshold`` right and everything else left, so a NaN
+would go left where the tree may send missing values right (the API refuses NaN and inf).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+from scipy.special import expit
+
+BLOCK = 32  # rows walked together (16: +5 %, 64: same)
+
+_SIGNATURE = (
+    "void(float64[:, ::1], int32[::1], int32[::1], int32[::1], float64[::1], int32[::1], "
+    "float64[::1], float64, float64[::1])"
+)
+
+
+@numba.njit(_SIGNATURE, nogil=True, cache=False)
+def _raw_predictions(X, roots, depths, feature, threshold, children, value, baseline, out):
+    """``out[i]`` = baseline + row i's leaf value in every tree, in tree order."""
+    nodes = np.empty(BLOCK, np.int32)
+    acc = np.empty(BLOCK)
+    n = X.shape[0]
+    for start in range(0, n, BLOCK):
+        m = min(BLOCK, n - start)
+        for j in range(m):
+            acc[j] = baseline
+        for t in range(roots.shape[0]):
+            for j in range(m):
+                nodes[j] = roots[t]
+            for _ in range(depths[t]):
+                for j in range(m):
+                    node = nodes[j]
+                    go_right = X[start + j, feature[node]] > threshold[node]
+                    nodes[j] = children[2 * node + go_right]
+            for j in range(m):
+                acc[j] += value[nodes[j]]
+        for j in range(m):
+            out[start + j] = acc[j]
+
+
+class CompiledTrees:
+    """The trees of a binary HGB classifier as flat arrays, scored by the numba kernel."""
+
+    def __init__(self, clf: Any) -> None:
+        predictors = [p[0] for p in clf._predictors]
+        sizes = [len(p.nodes) for p in predictors]
+        offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        n = int(offsets[-1])
+        self.feature = np.zeros(n, np.int32)
+        self.threshold = np.zeros(n)
+        self.value = np.zeros(n)
+        # children interleaved: [2*i] = left (x <= threshold), [2*i + 1] = right; a leaf points
+        # at itself both ways (feature 0, threshold +inf: every further step stays there)
+        self.children = np.zeros(2 * n, np.int32)
+        for start, pred in zip(offsets[:-1].tolist(), predictors, strict=True):
+            nodes = pred.nodes
+            ids = np.arange(start, start + len(nodes))
+            leaf = nodes["is_leaf"].astype(bool)
+            self.feature[ids] = np.where(leaf, 0, nodes["feature_idx"])
+            self.threshold[ids] = np.where(leaf, np.inf, nodes["num_threshold"])
+            self.value[ids] = nodes["value"]
+            self.children[2 * ids] = np.where(leaf, ids, nodes["left"] + start)
+            self.children[2 * ids + 1] = np.where(leaf, ids, nodes["right"] + start)
+        self.roots = offsets[:-1].astype(np.int32)
+        self.depths = np.array([int(p.nodes["depth"].max()) for p in predictors], np.int32)
+        self.baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
+
+    @classmethod
+    def supports(cls, clf: Any) -> bool:
+        """True for a fitted binary HGB classifier with numeric splits only."""
+        if type(clf).__name__ != "HistGradientBoostingClassifier":
+            return False
+        predictors = getattr(clf, "_predictors", None)
+        baseline = getattr(clf, "_baseline_prediction", None)
+        if not predictors or baseline is None or np.asarray(baseline).size != 1:
+            return False
+        if len(getattr(clf, "classes_", ())) != 2 or clf.n_trees_per_iteration_ != 1:
+            return False
+        return all(
+            len(p) == 1 and not np.asarray(p[0].nodes["is_categorical"]).any() for p in predictors
+        )
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Fraud probabilities for the (finite) rows of ``X``."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        out = np.empty(X.shape[0])
+        _raw_predictions(X, self.roots, self.depths, self.feature, self.threshold,
+                         self.children, self.value, self.baseline, out)  # fmt: skip
+        return expit(out)
