@@ -63,11 +63,16 @@ def _read_response(sock: socket.socket) -> tuple[int, bool, bytes]:
 
 
 def _client(
-    port: int, requests: list[bytes], end: float, offset: int, collect_ids: bool, out: list
-) -> None:
+    port: int, requests: list[bytes], end: float, offset: int, collect_ids: bool, out: list,
+    interval: float | None,
+) -> None:  # fmt: skip
     sock = None
     i = offset
+    next_at = time.time()
     while time.time() < end:
+        if interval:  # paced: one request every ``interval`` s (at once when behind)
+            time.sleep(max(0.0, next_at - time.time()))
+            next_at += interval
         payload = requests[i % len(requests)]
         i += 1
         t_wall, t0 = time.time(), time.perf_counter()
@@ -96,14 +101,16 @@ def _client(
 
 
 def _process(port: int, requests: list[bytes], threads: int, duration: float, first: int,
-             collect_ids: bool, ready: Any, go: Any, queue: Any) -> None:  # fmt: skip
+             collect_ids: bool, interval: float | None, ready: Any, go: Any,
+             queue: Any) -> None:  # fmt: skip
     outs: list[list] = [[] for _ in range(threads)]
     ready.put(os.getpid())
     go.wait()
     end = time.time() + duration
     workers = [
         threading.Thread(
-            target=_client, args=(port, requests, end, first + k * 7919, collect_ids, outs[k])
+            target=_client,
+            args=(port, requests, end, first + k * 7919, collect_ids, outs[k], interval),
         )
         for k in range(threads)
     ]
@@ -123,18 +130,32 @@ def run_load(
     processes: int = 2,
     collect_ids: bool = False,
     during: Any = None,
+    rate: float | None = None,
 ) -> Any:
     """Run the load for ``duration`` s once every process is up; returns the rows, or
-    ``(rows, during(t_start))`` when ``during`` is given (it runs here meanwhile)."""
+    ``(rows, during(t_start))`` when ``during`` is given (it runs here meanwhile). Clients are
+    closed-loop, or with ``rate`` paced to that many requests/s in all."""
     ctx = mp.get_context("spawn")
     queue, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     processes = max(1, min(processes, clients))
+    interval = clients / rate if rate else None
     procs = []
     for p in range(processes):
         threads = clients // processes + (1 if p < clients % processes else 0)
         proc = ctx.Process(
             target=_process,
-            args=(port, requests, threads, duration, p * 104729, collect_ids, ready, go, queue),
+            args=(
+                port,
+                requests,
+                threads,
+                duration,
+                p * 104729,
+                collect_ids,
+                interval,
+                ready,
+                go,
+                queue,
+            ),
         )
         proc.start()
         procs.append(proc)
