@@ -15,10 +15,11 @@ Worker class, measured by ``bench/bench_serving.py`` (2 workers, 8 clients, 2 sh
 in three earlier runs ``gthread`` with 4 threads answered 1.5-1.75k single-transaction
 requests/s against 0.9-1.35k for ``sync`` (which closes the connection after every response: a
 TCP connect and accept per request); since the request path got shorter the two are level
-(three runs on 2026-11-23: gthread 1,459-1,631, sync 1,556-1,658 requests/s), p99 alike
-(13-18 ms at saturation). 2 threads ~1.2k, 8 no better than 4. gthread stays the default: it
-keeps clients' connections alive and a slow client does not hold a worker's only slot. The
-threads share one GIL: they overlap network I/O, not scoring.
+(five runs on 2026-11-23, on a machine whose speed varied by up to 40 % between runs:
+gthread 1,082-1,871, sync 1,000-1,801 requests/s), p99 alike (11-22 ms at saturation).
+2 threads ~1.2k, 8 no better than 4. gthread stays the default: it keeps clients'
+connections alive and a slow client does not hold a worker's only slot. The threads share
+one GIL: they overlap network I/O, not scoring.
 
 Everything that must be true before a worker imports numpy, scikit-learn or prometheus_client
 is done at import time here, in the master: ``OMP_NUM_THREADS=1`` (two workers on two cores
