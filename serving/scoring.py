@@ -5,7 +5,7 @@ pipeline on the canary batch (``max |diff| <= 1e-12``, no warnings), else the ne
 
 ``compiled-trees``
     HistGradientBoosting (binary, numeric splits only) compiled with numba
-    (:mod:`serving.trees`): one row in 5 us where ``predict_proba`` spends ~1 ms in per-tree
+    (:mod:`serving.trees`): one row in 12 us where ``predict_proba`` spends ~1 ms in per-tree
     Python overhead, 10,000 rows in 27 ms where it takes 46 (105 trees, one thread).
 ``estimator``
     The pipeline's final estimator on a float64 numpy matrix, when the preprocessing is a

@@ -10,9 +10,9 @@ Leaf values are added in tree order to the baseline, as scikit-learn adds them, 
 scikit-learn's fitted tree records, ``_predictors`` and ``_baseline_prediction``).
 
 Measured on the 2-vCPU VM (105 trees, 31 leaves, depth up to 18), single thread: 10,000 rows
-27 ms where ``predict_proba`` takes 46 ms; one row 5 us where ``predict_proba`` spends ~1 ms in
+27 ms where ``predict_proba`` takes 46 ms; one row 12 us where ``predict_proba`` spends ~1 ms in
 per-tree Python overhead. The kernel releases the GIL, so two threads score two halves at once.
-It is compiled when this module is imported (~0.5 s, once per process).
+It is compiled when this module is imported (~0.8 s, once per process).
 
 Rows must be finite: the walk sends ``x > threshold`` right and everything else left, so a NaN
 would go left where the tree may send missing values right (the API refuses NaN and inf).
