@@ -273,6 +273,8 @@ def main() -> None:
         full["backlog_drained_s"] = wait_backlog_below(url, 1000, 180) - load_ended
         full["drain_rows_per_s"] = full["backlog_end"] / max(full["backlog_drained_s"], 0.5)
         truncate(engine)
+        if not full["rows_written_per_s"] > 0:
+            raise RuntimeError(f"nothing reached Postgres at full load: {full}")
         paced = results["logging_paced"] = logging_phase(1, 0.9 * full["rows_written_per_s"] / 100)
         say(f"logging, paced: {paced}")
 

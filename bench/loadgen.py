@@ -138,7 +138,9 @@ def run_load(
     ctx = mp.get_context("spawn")
     queue, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     processes = max(1, min(processes, clients))
-    interval = clients / rate if rate else None
+    if rate is not None and not rate > 0:
+        raise ValueError(f"rate must be > 0 requests/s, got {rate}")
+    interval = clients / rate if rate is not None else None
     procs = []
     for p in range(processes):
         threads = clients // processes + (1 if p < clients % processes else 0)

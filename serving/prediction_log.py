@@ -233,6 +233,7 @@ class PredictionLog:
                 with contextlib.suppress(OSError):
                     self._adopt_orphans()
                 next_adopt = time.monotonic() + ADOPT_EVERY_SECONDS
+            self._wake.clear()  # before looking: a wake from here on ends the wait below
             try:
                 shipped = self._ship_once()
             except Exception as exc:
@@ -248,7 +249,6 @@ class PredictionLog:
             backoff = 0.0
             if shipped == 0 and not stopping:
                 self._wake.wait(self.flush_seconds)
-                self._wake.clear()
             elif shipped == 0 and stopping and not self._orphans:
                 break
 

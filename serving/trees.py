@@ -84,6 +84,7 @@ class CompiledTrees:
         self.roots = offsets[:-1].astype(np.int32)
         self.depths = np.array([int(p.nodes["depth"].max()) for p in predictors], np.int32)
         self.baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
+        self.n_features = int(clf.n_features_in_)
 
     @classmethod
     def supports(cls, clf: Any) -> bool:
@@ -102,7 +103,11 @@ class CompiledTrees:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Fraud probabilities for the (finite) rows of ``X``."""
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"expected rows of {self.n_features} features, got shape {X.shape}")
         X = np.ascontiguousarray(X, dtype=np.float64)
+        if not X.flags.writeable:  # the kernel's signature takes writable arrays
+            X = X.copy()
         out = np.empty(X.shape[0])
         _raw_predictions(X, self.roots, self.depths, self.feature, self.threshold,
                          self.children, self.value, self.baseline, out)  # fmt: skip

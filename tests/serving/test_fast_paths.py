@@ -131,6 +131,11 @@ def test_compiled_trees_score_exactly_as_scikit_learn(params):
     assert np.array_equal(served.score_matrix(X), expected)  # two halves, two threads
     assert np.array_equal(compiled.predict(np.asfortranarray(X[:100])), expected[:100])
     assert [compiled.predict(X[i : i + 1])[0] for i in range(40)] == expected[:40].tolist()
+    frozen = X[:10].copy()
+    frozen.flags.writeable = False  # as np.frombuffer gives
+    assert np.array_equal(compiled.predict(frozen), expected[:10])
+    with pytest.raises(ValueError, match="expected rows of 29 features"):
+        compiled.predict(X[:5, :28])
 
 
 @pytest.mark.parametrize("head", [0, 100])
