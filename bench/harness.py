@@ -1,12 +1,10 @@
 """The pieces of bench_serving.py that are not the phases: a gunicorn started and stopped by
-pid, percentiles, /metrics readers and the waits on Postgres. Light to import (no fraud_lib at
-module level): the load generator's spawned processes import the benchmark again."""
+pid, percentiles, /metrics readers and the waits on Postgres. Light to import (of fraud_lib only
+the process helpers at module level): the load generator's spawned processes import the
+benchmark again."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +14,8 @@ from typing import Any
 import numpy as np
 import requests
 from loadgen import single
+
+from fraud_lib.procs import child_pids, stop_master
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,11 +53,7 @@ class Gunicorn:
         return "?"
 
     def workers(self) -> list[int]:
-        try:
-            return [int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-                    .read_text().split()]  # fmt: skip
-        except OSError:
-            return []
+        return child_pids(self.proc.pid)
 
     def wait_ready(self, port: int, probe: bytes, n_workers: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -75,16 +71,7 @@ class Gunicorn:
             raise RuntimeError(f"{self.name} not ready:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                for pid in self.workers():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_master(self.proc, 60)
 
 
 WORKER_CLASSES = {

@@ -16,7 +16,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ import requests
 from sklearn.metrics import average_precision_score
 from sqlalchemy import text
 
-from fraud_lib import airflow_local, data, logged, pgserver, promotion, registry, store
+from fraud_lib import airflow_local, data, logged, pgserver, procs, promotion, registry, store
 from fraud_lib.config import Settings
 from fraud_lib.errors import FraudError
 from fraud_lib.schema import FeatureSchema
@@ -138,12 +137,7 @@ def scoring_service(
         say(f"scoring service ready at {url} (gunicorn pid {proc.pid}, log {log_path})")
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        procs.stop_master(proc, timeout=60)
 
 
 def _post(url: str, payload: dict[str, Any]) -> dict[str, Any]:

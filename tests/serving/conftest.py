@@ -11,9 +11,7 @@ Versions registered once (log_model costs seconds each):
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ import requests
 from fraud_lib import pgserver, registry, store
 from fraud_lib.config import Settings
 from fraud_lib.data import generate
+from fraud_lib.procs import child_pids, stop_master
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.train import train_model
 from serving.app import create_app
@@ -143,11 +142,7 @@ class Service:
         self.url = f"http://127.0.0.1:{port}"
 
     def worker_pids(self) -> list[int]:
-        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        try:
-            return [int(p) for p in path.read_text().split()]
-        except OSError:
-            return []
+        return child_pids(self.proc.pid)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -171,16 +166,7 @@ class Service:
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM the master (graceful: workers drain their logs), SIGKILL as a last resort."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                for pid in self.worker_pids():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_master(self.proc, timeout)
 
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:
