@@ -259,9 +259,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Champion and challenger on the window's evaluation slice; the decision, nothing moved.
 
-    The challenger never saw the slice (enforced by :func:`fraud_lib.promotion.evaluate_challenger`). The champion may have, when
-    a window is re-evaluated with other options; ``details.champion_overlap_rows`` then counts
-    the slice rows at or before the champion's ``fit_end`` (its metrics are optimistic).
+    The challenger never saw the slice (enforced by
+    :func:`fraud_lib.promotion.evaluate_challenger`). The champion may have, when a window is
+    re-evaluated with other options; ``details.champion_overlap_rows`` then counts the slice
+    rows at or before the champion's ``fit_end`` (its metrics are optimistic).
     """
     schema = FeatureSchema.load(settings.schema_path)
     _, eval_part, _ = split_window(read_window(window_path, schema), schema, eval_days)
