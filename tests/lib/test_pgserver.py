@@ -14,12 +14,20 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fraud_lib import pgauth, pgbin, pgserver
+from fraud_lib import pgauth, pgbin, pgroot, pgserver
 from fraud_lib.config import Settings
 from fraud_lib.errors import DatabaseError
 from fraud_lib.pgserver import EmbeddedPostgres
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="root-only behaviour")
+
+
+def has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def fake_bindir(path: Path) -> Path:
@@ -205,7 +213,8 @@ def test_refuses_a_non_postgres_directory(pg_base_dir):
 # ------------------------------------------------------------------------------ root
 @as_root
 def test_as_root_the_server_runs_as_the_postgres_user(own_server):
-    postgres = pwd.getpwnam("postgres")
+    # 'postgres' where PostgreSQL packages made it, else the user fraudloop creates
+    postgres = pwd.getpwnam("postgres" if has_user("postgres") else pgroot.CREATED_OS_USER)
     assert own_server.data_dir.stat().st_uid == postgres.pw_uid
     own_server.ensure_running()
     try:
@@ -226,7 +235,8 @@ def test_as_root_an_unreachable_data_dir_is_explained():
         with pytest.raises(DatabaseError) as info:
             EmbeddedPostgres(private / "pg", pgserver.free_port()).init()
         message = str(info.value)
-        assert "not reachable by OS user 'postgres'" in message
+        user = "postgres" if has_user("postgres") else pgroot.CREATED_OS_USER
+        assert f"not reachable by OS user {user!r}" in message
         assert str(private) in message and "FRAUD_STATE_DIR" in message
     finally:
         subprocess.run(["rm", "-rf", str(private)], check=True)
