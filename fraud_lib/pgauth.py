@@ -86,7 +86,8 @@ def ensure_secret(path: Path) -> tuple[str, bool]:
     finally:
         os.close(fd)
     try:
-        path.unlink(missing_ok=True)  # an empty file counts as missing
+        if path.exists() and path.stat().st_size == 0:
+            path.unlink()  # an empty file counts as missing
         os.link(tmp, path)
     except FileExistsError:
         return ensure_secret(path)

@@ -117,8 +117,9 @@ def find_bindir(prefer_major: str | None = None, *, system: bool = True) -> Path
         bindir = Path(env).expanduser()
         if not _has_server_binaries(bindir):
             raise DatabaseError(
-                f"FRAUD_PG_BINDIR={env[:200]!r} holds no executable initdb, pg_ctl and postgres; point "
-                "it at the bin directory of a PostgreSQL server, e.g. /usr/lib/postgresql/16/bin"
+                f"FRAUD_PG_BINDIR={env[:200]!r} holds no executable initdb, pg_ctl and "
+                "postgres; point it at the bin directory of a PostgreSQL server, e.g. "
+                "/usr/lib/postgresql/16/bin"
             )
         if prefer_major is not None:
             check_major(bindir, prefer_major)
