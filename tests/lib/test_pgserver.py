@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fraud_lib import pgbin, pgserver
+from fraud_lib import pgauth, pgbin, pgroot, pgserver
 from fraud_lib.config import Settings
 from fraud_lib.errors import DatabaseError
 from fraud_lib.pgserver import EmbeddedPostgres
@@ -22,9 +22,17 @@ from fraud_lib.pgserver import EmbeddedPostgres
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="root-only behaviour")
 
 
+def has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def fake_bindir(path: Path) -> Path:
     path.mkdir(parents=True)
-    for exe in ("initdb", "pg_ctl"):
+    for exe in ("initdb", "pg_ctl", "postgres"):
         (path / exe).write_text("#!/bin/sh\n")
         (path / exe).chmod(0o755)
     return path
@@ -32,8 +40,9 @@ def fake_bindir(path: Path) -> Path:
 
 def connect(server: EmbeddedPostgres) -> psycopg.Connection:
     return psycopg.connect(
-        host="127.0.0.1", port=server.port, user="fraud", dbname="fraud", autocommit=True
-    )
+        host="127.0.0.1", port=server.port, user="fraud", dbname="fraud", autocommit=True,
+        password=pgauth.read_secret(server.password_file),
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +60,20 @@ def test_find_bindir_prefers_env(tmp_path, monkeypatch):
     monkeypatch.setenv("FRAUD_PG_BINDIR", str(bindir))
     assert pgbin.find_bindir() == bindir
     monkeypatch.setenv("FRAUD_PG_BINDIR", str(tmp_path / "missing"))
-    with pytest.raises(DatabaseError, match=r"FRAUD_PG_BINDIR=.*initdb and pg_ctl"):
+    with pytest.raises(DatabaseError, match=r"FRAUD_PG_BINDIR=.*initdb, pg_ctl and postgres"):
         pgbin.find_bindir()
+    (tmp_path / "bin" / "postgres").unlink()  # a partial install is no server
+    monkeypatch.setenv("FRAUD_PG_BINDIR", str(bindir))
+    with pytest.raises(DatabaseError, match=r"FRAUD_PG_BINDIR=.*initdb, pg_ctl and postgres"):
+        pgbin.find_bindir()
+
+
+@pytest.mark.parametrize("hostile", ["/nonexistent/\udcff\udcfe", "/etc/passwd", "x" * 5000])
+def test_find_bindir_explains_a_hostile_env_value(hostile, monkeypatch):
+    monkeypatch.setenv("FRAUD_PG_BINDIR", hostile)
+    with pytest.raises(DatabaseError, match=r"FRAUD_PG_BINDIR=.*holds no executable") as info:
+        pgbin.find_bindir()
+    assert len(str(info.value)) < 600 and str(info.value).isascii()
 
 
 def test_find_bindir_picks_the_highest_version(tmp_path, monkeypatch):
@@ -68,10 +89,12 @@ def test_find_bindir_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.delenv("FRAUD_PG_BINDIR", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(pgbin, "SEARCH_GLOBS", [])
+    monkeypatch.setattr(pgbin, "WHEEL_PACKAGE", "fraudloop_no_such_wheel")  # wheel not installed
     with pytest.raises(DatabaseError) as info:
         pgbin.find_bindir()
     message = str(info.value)
-    for hint in ("apt-get install postgresql", "FRAUD_PG_BINDIR", "FRAUD_DATABASE_URL"):
+    hints = ("apt-get install postgresql", pgbin.WHEEL_PIN, "FRAUD_PG_BINDIR", "FRAUD_DATABASE_URL")
+    for hint in hints:
         assert hint in message
 
 
@@ -90,12 +113,14 @@ def test_status_is_truthful_through_init_start_and_stop(pg_base_dir):
 
     url = server.ensure_running()
     try:
-        assert url == f"postgresql+psycopg://fraud@127.0.0.1:{server.port}/fraud"
+        password = pgauth.read_secret(server.password_file)
+        assert url == f"postgresql+psycopg://fraud:{password}@127.0.0.1:{server.port}/fraud"
         st = server.status()
+        assert password not in str(st) and st["url"] == url.replace(password, "***")
         pidfile_pid = int((server.data_dir / "postmaster.pid").read_text().split()[0])
         assert st["running"] and st["ready"] and st["initialized"]
         assert st["pid"] == pidfile_pid == server.pid
-        assert st["port"] == server.port and st["url"] == url
+        assert st["port"] == server.port
 
         started = time.perf_counter()
         assert server.ensure_running() == url  # second call: a no-op
@@ -188,7 +213,8 @@ def test_refuses_a_non_postgres_directory(pg_base_dir):
 # ------------------------------------------------------------------------------ root
 @as_root
 def test_as_root_the_server_runs_as_the_postgres_user(own_server):
-    postgres = pwd.getpwnam("postgres")
+    # 'postgres' where PostgreSQL packages made it, else the user fraudloop creates
+    postgres = pwd.getpwnam("postgres" if has_user("postgres") else pgroot.CREATED_OS_USER)
     assert own_server.data_dir.stat().st_uid == postgres.pw_uid
     own_server.ensure_running()
     try:
@@ -209,7 +235,8 @@ def test_as_root_an_unreachable_data_dir_is_explained():
         with pytest.raises(DatabaseError) as info:
             EmbeddedPostgres(private / "pg", pgserver.free_port()).init()
         message = str(info.value)
-        assert "not reachable by OS user 'postgres'" in message
+        user = "postgres" if has_user("postgres") else pgroot.CREATED_OS_USER
+        assert f"not reachable by OS user {user!r}" in message
         assert str(private) in message and "FRAUD_STATE_DIR" in message
     finally:
         subprocess.run(["rm", "-rf", str(private)], check=True)
@@ -217,10 +244,12 @@ def test_as_root_an_unreachable_data_dir_is_explained():
 
 @as_root
 def test_as_root_a_missing_or_root_os_user_is_explained(pg_base_dir, monkeypatch):
-    server = EmbeddedPostgres(pg_base_dir / "nouser", pgserver.free_port())
-    monkeypatch.setenv("FRAUD_PG_OS_USER", "no-such-user-fraudloop")
-    with pytest.raises(DatabaseError, match=r"does not exist.*FRAUD_PG_OS_USER"):
-        server.init()
+    for hostile in ("no-such-user-fraudloop", "bad;name $(id)\n", "\udcff", "x" * 5000):
+        server = EmbeddedPostgres(pg_base_dir / "nouser", pgserver.free_port())
+        monkeypatch.setenv("FRAUD_PG_OS_USER", hostile)
+        with pytest.raises(DatabaseError, match=r"does not exist.*FRAUD_PG_OS_USER") as info:
+            server.init()
+        assert len(str(info.value)) < 600 and str(info.value).isascii()
     server = EmbeddedPostgres(pg_base_dir / "rootuser", pgserver.free_port())
     monkeypatch.setenv("FRAUD_PG_OS_USER", "root")
     with pytest.raises(DatabaseError, match="refuse to run as root"):
