@@ -21,6 +21,7 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -80,7 +81,7 @@ class Alert:
         object.__setattr__(self, "kind", AlertKind(self.kind))
         object.__setattr__(self, "severity", Severity(self.severity))
         object.__setattr__(self, "title", _one_line(self.title, 200))
-        key = _one_line(self.dedup_key, 200).replace(" ", "_")
+        key = "_".join(str(self.dedup_key).split())
         if not _KEY.match(key):
             raise ValueError(f"dedup_key must be 1-200 printable ASCII characters: {key!r}")
         object.__setattr__(self, "dedup_key", key)
@@ -295,6 +296,16 @@ class AlertQueue:
             log.warning("alert %s dropped: the alert queue is full", alert.dedup_key)
             return False
         return True
+
+    def submit_built(self, build: Callable[..., Alert], *args: Any) -> bool:
+        """:meth:`submit` ``build(settings, *args)``; a builder that fails is logged, never
+        raised to the caller."""
+        try:
+            alert = build(self.settings, *args)
+        except Exception as exc:
+            log.warning("could not build the %s alert: %s", build.__name__, _first_line(exc))
+            return False
+        return self.submit(alert)
 
     def _run(self) -> None:
         while True:
