@@ -251,3 +251,9 @@ def alert_rollback(
 ) -> NotifyResult | None:
     """Alert on a rollback of the champion alias."""
     return _send(settings, rollback_alert, from_version, to_version, reason)
+
+
+def alert_performance(settings: Settings, **facts: Any) -> NotifyResult | None:
+    """Alert on realized performance below tolerance (``facts``: see
+    :func:`performance_alert`); for the performance monitor."""
+    return _send(settings, performance_alert, **facts)

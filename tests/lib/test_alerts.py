@@ -285,3 +285,14 @@ def test_titles_are_one_line_and_bounded():
     alert = Alert("rollback", "info", "line one\r\nBcc: evil@x\n" + "y" * 500, "s", "k")
     assert "\n" not in alert.title and "\r" not in alert.subject() and len(alert.title) <= 200
     assert alert.kind is AlertKind.ROLLBACK and alert.severity == alerts.Severity.INFO
+
+
+def test_the_performance_helper_sends_the_numbers(alert_settings, webhook):
+    result = events.alert_performance(alert_settings, metric="average_precision", value=0.41,
+                                      baseline=0.62, tolerance=0.05, model_version="4",
+                                      cohort="2026-11-02")  # fmt: skip
+    assert result is not None and result.status == "sent"
+    body = webhook.wait_for(1)[0]["json"]
+    assert body["kind"] == "performance_below_tolerance"
+    assert body["numbers"] == {"average_precision": 0.41, "baseline": 0.62, "tolerance": 0.05,
+                               "cohort": "2026-11-02"}  # fmt: skip
