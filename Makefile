@@ -13,7 +13,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export OMP_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test lint airflow serve bench clean lock
+.PHONY: help install system-deps demo test lint airflow serve bench clean lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,10 +28,13 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the pinned dependencies (idempotent)
 
+system-deps:  ## install promtool and amtool (Debian packages) for the rule tests, if missing
+	@bash scripts/system-deps.sh
+
 demo: install  ## run the whole loop on embedded Postgres, MLflow and Airflow
 	$(BIN)/fraud demo --reset
 
-test: install  ## lint and run the full test suite (starts its own Postgres)
+test: install system-deps  ## lint and run the full test suite (starts its own Postgres)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

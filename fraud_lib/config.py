@@ -18,6 +18,9 @@ THRESHOLD_RULES = ("f1", "cost", "precision")
 # Drift decision defaults, shared by the settings and fraud_lib.drift.drift_report.
 DRIFT_SHARE_THRESHOLD = 0.05  # share of drifted features that is drift
 SCORE_SHIFT_THRESHOLD = 0.1  # score PSI that is drift
+ALERT_SMTP_SECURITY = ("starttls", "ssl", "none")
+# Masked in describe(): a webhook URL usually carries its token in the path.
+SECRET_FIELDS = ("admin_token", "alert_webhook_url", "alert_smtp_password")
 
 
 def _get(env: Mapping[str, str], name: str, default: str) -> str:
@@ -41,6 +44,67 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(
             f"{name}={raw!r} is not a whole number; set it to e.g. {default}"
         ) from None
+
+
+def _alert_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The FRAUD_ALERT_* and FRAUD_PUBLIC_* settings (see fraud_lib.monitoring.alerts)."""
+    return {
+        "alert_webhook_url": _get(env, "FRAUD_ALERT_WEBHOOK_URL", ""),
+        "alert_smtp_host": _get(env, "FRAUD_ALERT_SMTP_HOST", ""),
+        "alert_smtp_port": _int(env, "FRAUD_ALERT_SMTP_PORT", 587),
+        "alert_smtp_user": _get(env, "FRAUD_ALERT_SMTP_USER", ""),
+        "alert_smtp_password": _get(env, "FRAUD_ALERT_SMTP_PASSWORD", ""),
+        "alert_smtp_from": _get(env, "FRAUD_ALERT_SMTP_FROM", ""),
+        "alert_smtp_to": _get(env, "FRAUD_ALERT_SMTP_TO", ""),
+        "alert_smtp_security": _get(env, "FRAUD_ALERT_SMTP_SECURITY", "starttls").lower(),
+        "alert_cooldown_seconds": _float(env, "FRAUD_ALERT_COOLDOWN_SECONDS", 3600.0),
+        "alert_timeout_seconds": _float(env, "FRAUD_ALERT_TIMEOUT_SECONDS", 5.0),
+        "alert_attempts": _int(env, "FRAUD_ALERT_ATTEMPTS", 3),
+        "alert_retry_seconds": _float(env, "FRAUD_ALERT_RETRY_SECONDS", 1.0),
+        "public_mlflow_url": _get(env, "FRAUD_PUBLIC_MLFLOW_URL", "").rstrip("/"),
+        "public_airflow_url": _get(env, "FRAUD_PUBLIC_AIRFLOW_URL", "").rstrip("/"),
+    }
+
+
+def _http_url(value: str) -> bool:
+    scheme, sep, rest = value.partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https") and bool(rest.split("/")[0])
+
+
+def _validate_alerts(s: Settings) -> None:
+    """Raise ConfigError for an invalid FRAUD_ALERT_* / FRAUD_PUBLIC_* setting (secret values
+    are never repeated in the message)."""
+    if s.alert_webhook_url and not _http_url(s.alert_webhook_url):
+        raise ConfigError("FRAUD_ALERT_WEBHOOK_URL must be an http:// or https:// URL")
+    for name, url in (("FRAUD_PUBLIC_MLFLOW_URL", s.public_mlflow_url),
+                      ("FRAUD_PUBLIC_AIRFLOW_URL", s.public_airflow_url)):  # fmt: skip
+        if url and not _http_url(url):
+            raise ConfigError(f"{name}={url!r} must be an http:// or https:// URL")
+    if s.alert_smtp_security not in ALERT_SMTP_SECURITY:
+        raise ConfigError(
+            f"FRAUD_ALERT_SMTP_SECURITY={s.alert_smtp_security!r} is unknown; "
+            f"use one of {', '.join(ALERT_SMTP_SECURITY)}"
+        )
+    if not 0 < s.alert_smtp_port < 65536:
+        raise ConfigError("FRAUD_ALERT_SMTP_PORT must be between 1 and 65535, e.g. 587")
+    if s.alert_smtp_host:
+        addresses = [s.alert_smtp_from, *s.alert_smtp_recipients]
+        if not s.alert_smtp_from or not s.alert_smtp_recipients:
+            raise ConfigError(
+                "FRAUD_ALERT_SMTP_HOST is set: set FRAUD_ALERT_SMTP_FROM and FRAUD_ALERT_SMTP_TO "
+                "(comma-separated addresses) too"
+            )
+        for address in addresses:
+            if "@" not in address or any(c in address for c in "\r\n\0,<>"):
+                raise ConfigError(
+                    f"FRAUD_ALERT_SMTP_FROM/TO: {address[:80]!r} is not an e-mail address"
+                )
+    if not (s.alert_cooldown_seconds >= 0 and s.alert_retry_seconds >= 0):
+        raise ConfigError("FRAUD_ALERT_COOLDOWN_SECONDS and FRAUD_ALERT_RETRY_SECONDS must be >= 0")
+    if not 0 < s.alert_timeout_seconds <= 120:
+        raise ConfigError("FRAUD_ALERT_TIMEOUT_SECONDS must be in (0, 120], e.g. 5")
+    if not 1 <= s.alert_attempts <= 10:
+        raise ConfigError("FRAUD_ALERT_ATTEMPTS must be between 1 and 10, e.g. 3")
 
 
 @dataclass(frozen=True)
@@ -81,6 +145,20 @@ class Settings:
     drift_sample_rows: int
     drift_share_threshold: float
     score_shift_threshold: float
+    alert_webhook_url: str
+    alert_smtp_host: str
+    alert_smtp_port: int
+    alert_smtp_user: str
+    alert_smtp_password: str
+    alert_smtp_from: str
+    alert_smtp_to: str
+    alert_smtp_security: str
+    alert_cooldown_seconds: float
+    alert_timeout_seconds: float
+    alert_attempts: int
+    alert_retry_seconds: float
+    public_mlflow_url: str
+    public_airflow_url: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -126,6 +204,7 @@ class Settings:
             drift_sample_rows=_int(env, "FRAUD_DRIFT_SAMPLE_ROWS", 20_000),
             drift_share_threshold=_float(env, "FRAUD_DRIFT_SHARE_THRESHOLD", DRIFT_SHARE_THRESHOLD),
             score_shift_threshold=_float(env, "FRAUD_SCORE_SHIFT_THRESHOLD", SCORE_SHIFT_THRESHOLD),
+            **_alert_settings(env),
         )
         if overrides:
             settings = replace(settings, **overrides)
@@ -134,6 +213,7 @@ class Settings:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid setting."""
+        _validate_alerts(self)
         if self.threshold_rule not in THRESHOLD_RULES:
             raise ConfigError(
                 f"FRAUD_THRESHOLD_RULE={self.threshold_rule!r} is unknown; "
@@ -158,6 +238,11 @@ class Settings:
         return not self.database_url
 
     @property
+    def alert_smtp_recipients(self) -> tuple[str, ...]:
+        """FRAUD_ALERT_SMTP_TO split on commas."""
+        return tuple(a.strip() for a in self.alert_smtp_to.split(",") if a.strip())
+
+    @property
     def postgres_dir(self) -> Path:
         """Data directory of the embedded Postgres server."""
         return self.state_dir / "postgres"
@@ -177,7 +262,7 @@ class Settings:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "admin_token":
+            if f.name in SECRET_FIELDS:
                 value = "***" if value else ""
             elif isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1]:
                 scheme, rest = value.split("://", 1)  # any URL: hide user:password

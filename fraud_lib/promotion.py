@@ -23,6 +23,7 @@ from fraud_lib import store
 from fraud_lib.config import Settings
 from fraud_lib.errors import NoChampionError, PromotionConflict, RegistryError
 from fraud_lib.evaluate import PRIMARY_METRIC, compute_metrics
+from fraud_lib.monitoring import events
 from fraud_lib.registry import (
     CHALLENGER,
     CHAMPION,
@@ -245,6 +246,7 @@ def apply_decision(
     if decision.event == "conflict":
         raise PromotionConflict(decision.reason)
     log.info("%s version %s: %s", decision.event, decision.challenger_version, decision.reason)
+    events.alert_decision(settings, decision, run_id)
     return decision
 
 
@@ -307,4 +309,5 @@ def rollback(
             details={"from": current, "to": target},
         )
     log.info("rolled back champion from %s to %s", current, target)
+    events.alert_rollback(settings, current, str(target), reason)
     return current, str(target)

@@ -1,4 +1,5 @@
-"""Postgres tables and writes: predictions (the log), labels, model_events (decision history).
+"""Postgres tables and writes: predictions (the log), labels, model_events (decision history),
+alert_log (alert deduplication, written by :mod:`fraud_lib.monitoring.alerts`).
 Windows of the log are read back by :mod:`fraud_lib.logged`.
 
 SQLAlchemy 2 Core; every session runs with ``TimeZone=UTC``, so naive datetimes passed in are
@@ -99,6 +100,21 @@ model_events_table = sa.Table(
     sa.Column("details", JSONB),
     sa.Column("run_id", sa.Text),
     sa.Index("ix_model_events_model_created", "model_name", "created_at"),
+)
+
+# One row per alert deduplication key: what fraud_lib.monitoring.alerts has sent and when,
+# so the cooldown holds across processes, workers and DAG runs.
+alert_log_table = sa.Table(
+    "alert_log",
+    metadata,
+    sa.Column("dedup_key", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("first_sent_at", TZ),
+    sa.Column("last_sent_at", TZ),
+    sa.Column("sent_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("suppressed_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_status", sa.Text, nullable=False),
+    sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
 )
 
 # Fields of a prediction row given to insert_predictions, with their COPY types.

@@ -8,6 +8,8 @@ A version is refused, and the old one kept, when it fails to load, when its inpu
 differs from the served model's, or when it fails the canary batch (:mod:`serving.scoring`).
 A refused version is not retried by the poller (it would fail the same way every few seconds);
 ``/admin/reload`` retries it, and moving the alias to another version is picked up as usual.
+A refusal is also an alert (:mod:`fraud_lib.monitoring`), sent from a background thread and
+deduplicated per version and reason, so a flapping reload pages once per cooldown.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 
 from fraud_lib import registry
 from fraud_lib.config import Settings
+from fraud_lib.monitoring.alerts import AlertQueue
+from fraud_lib.monitoring.events import model_refused_alert
 from serving.scoring import CanaryError, ServedModel, prepare
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ class ModelHolder:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self.alerts = AlertQueue(settings)  # a refusal pages from its own thread, once
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -172,6 +177,8 @@ class ModelHolder:
             self.settings.model_name, version, reason, message,
             self.current.version if self.current else "none",
         )  # fmt: skip
+        serving = self.current.version if self.current else None
+        self.alerts.submit_built(model_refused_alert, version, reason, message, serving)
         return {"status": "refused", "error": self.last_error}
 
     def status(self) -> dict[str, Any]:

@@ -29,13 +29,16 @@ ENV_EXAMPLE = ROOT / ".env.example"
 INIT_SQL = ROOT / "deploy" / "postgres" / "init.sql"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 NGINX = ROOT / "deploy" / "nginx.conf"
+ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 
 AIRFLOW = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor")
 LOOPBACK = {"localhost", "127.0.0.1", "0.0.0.0"}
 DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "postgres": 5432}
 VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
 URL = re.compile(r"[a-z][a-z0-9+.-]*://(?:\$\{[^}]*\}|[^\s'\"$])+")  # ${...} may hold spaces
-SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET", re.IGNORECASE)
+SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|WEBHOOK", re.IGNORECASE)
+# Secrets of optional features: empty by default (e-mail alerts are off without an SMTP host).
+OPTIONAL_SECRETS = {"FRAUD_ALERT_SMTP_PASSWORD"}
 
 
 # ------------------------------------------------------------------------------ loading
@@ -168,6 +171,7 @@ def declared_listeners() -> dict[str, set[int]]:
     host, _, port = bind.rpartition(":")
     assert host == "0.0.0.0", f"scoring binds {bind}: not reachable from other containers"
     prom_addr = flag(command_of("prometheus"), "--web.listen-address") or ":9090"
+    am_addr = flag(command_of("alertmanager"), "--web.listen-address") or ":9093"
     return {
         "postgres": {5432},  # the image's default
         "mlflow": {int(flag(command_of("mlflow"), "--port") or 5000)},
@@ -176,6 +180,7 @@ def declared_listeners() -> dict[str, set[int]]:
         "scoring": {int(port)},
         "nginx": nginx_listen_ports(),
         "prometheus": {int(prom_addr.rpartition(":")[2])},
+        "alertmanager": {int(am_addr.rpartition(":")[2])},
     }
 
 
@@ -246,7 +251,7 @@ def one_shot(name: str) -> bool:
 
 # ------------------------------------------------------------------------------ services
 def test_the_expected_services_exist() -> None:
-    expected = {"postgres", "mlflow", "scoring", "prometheus", "nginx", *AIRFLOW}
+    expected = {"postgres", "mlflow", "scoring", "prometheus", "alertmanager", "nginx", *AIRFLOW}
     assert expected <= set(SERVICES), f"missing: {sorted(expected - set(SERVICES))}"
 
 
@@ -381,6 +386,36 @@ def test_prometheus_scrapes_scoring_metrics_on_its_port() -> None:
             check_target(f"prometheus target {target}", host, int(port))
 
 
+def test_prometheus_loads_the_rules_and_sends_alerts_to_alertmanager() -> None:
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    targets = [t for am in config["alerting"]["alertmanagers"]
+               for static in am["static_configs"] for t in static["targets"]]  # fmt: skip
+    assert targets == ["alertmanager:9093"]
+    check_target("prometheus alertmanagers", "alertmanager", 9093)
+    mounts = {dst: src for src, dst in volume_entries("prometheus")}
+    conf_dir = PurePosixPath(flag(command_of("prometheus"), "--config.file") or "").parent
+    for rule_file in config["rule_files"]:  # relative to the config file, in the container too
+        source = mounts.get(str(conf_dir / rule_file))
+        assert source and (ROOT / source).resolve() == (PROMETHEUS.parent / rule_file).resolve()
+    assert depends("prometheus").get("alertmanager") == "service_healthy"
+
+
+def test_alertmanager_posts_to_the_same_webhook_as_the_notifier() -> None:
+    command = command_of("alertmanager")
+    mounts = {dst: src for src, dst in volume_entries("alertmanager")}
+    source = mounts.get(flag(command, "--config.file") or "")
+    assert source and (ROOT / source).resolve() == ALERTMANAGER
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert set(receivers) == {config["route"]["receiver"]}
+    (slack,) = receivers[config["route"]["receiver"]]["slack_configs"]
+    given = {c["target"]: c["source"] for c in SERVICES["alertmanager"]["configs"]}
+    url_config = COMPOSE_DATA["configs"][given[slack["api_url_file"]]]
+    assert url_config["content"] == environment("scoring")["FRAUD_ALERT_WEBHOOK_URL"]
+    assert environment("airflow-scheduler")["FRAUD_ALERT_WEBHOOK_URL"] == url_config["content"]
+    assert slack["send_resolved"] is True
+
+
 def test_nginx_balances_over_scoring_replicas() -> None:
     upstreams = nginx_upstreams()
     assert upstreams == ["scoring:8000"]
@@ -400,7 +435,7 @@ def test_host_ports_do_not_clash_and_scoring_can_scale() -> None:
                 key = (other_ip, host_port)
                 assert key not in published, f"{name} and {published[key]} both use {host_port}"
             published[(ip or "0.0.0.0", host_port)] = name
-    assert {p for _, p in published} == {8000, 8080, 5000, 9090}
+    assert {p for _, p in published} == {8000, 8080, 5000, 9090, 9093}
     scoring = SERVICES["scoring"]
     assert not scoring.get("ports"), "a fixed host port on scoring breaks --scale scoring=N"
     assert "container_name" not in scoring
@@ -574,7 +609,10 @@ def test_secrets_are_required_and_never_committed() -> None:
     used = compose_variables()
     secrets = {name for name in used if SECRET_KEY.search(name)}
     assert len(secrets) >= 8
-    for name in secrets:
+    for name in secrets & OPTIONAL_SECRETS:
+        assert used[name] == {":-"}, f"${{{name}:-}}: an optional secret defaults to empty"
+        assert ENV[name] == "", f".env.example must not hold a value for {name}"
+    for name in secrets - OPTIONAL_SECRETS:
         assert used[name] == {":?"}, f"${{{name}}} must fail when unset: use ${{{name}:?...}}"
         assert ENV[name] == "", f".env.example must not hold a value for {name}"
     for name in SERVICES:

@@ -30,6 +30,7 @@ from fraud_lib.features import predict_scores
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.train import train_model
 from fraud_lib.window import run_key_for
+from tests.alert_receivers import webhook  # noqa: F401 - fixture used by name
 from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
 
 pytestmark = [pytest.mark.slow, *AIRFLOW_WARNING_FILTERS]
@@ -211,8 +212,17 @@ def test_monitor_without_drift_emits_no_asset_event(monkeypatch, stable):
     assert _asset_events(run) == []
 
 
-def test_monitor_with_drift_emits_the_asset_event(monkeypatch, drifted):
+def test_monitor_with_drift_emits_the_asset_event_and_alerts(
+    monkeypatch,
+    engine,
+    drifted,
+    webhook,  # noqa: F811
+):
     assert registry.alias_version(drifted.settings) == drifted.champion
+    with engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE alert_log")
+    monkeypatch.setenv("FRAUD_ALERT_WEBHOOK_URL", webhook.url)
+    monkeypatch.setenv("FRAUD_PUBLIC_AIRFLOW_URL", "http://airflow.example:8080")
     run, states = _run(monkeypatch, drifted, "fraud_drift_monitor")
     assert states == {"compare_recent": "success", "emit_drift_event": "success"}
     summary = _xcom(run, "compare_recent")
@@ -222,6 +232,12 @@ def test_monitor_with_drift_emits_the_asset_event(monkeypatch, drifted):
     assert len(events) == 1 and events[0][0] == "emit_drift_event"
     assert events[0][1]["champion_version"] == drifted.champion
     assert events[0][1]["report"] == summary["html_path"]
+    (post,) = webhook.wait_for(1)
+    alert = post["json"]
+    assert alert["kind"] == "drift_detected" and alert["links"]["report"] == summary["html_path"]
+    assert alert["numbers"]["drifted_share"] == pytest.approx(summary["drifted_share"])
+    airflow = "http://airflow.example:8080/dags/fraud_drift_monitor/runs/"
+    assert alert["links"]["Airflow run"].startswith(airflow)
 
 
 # ------------------------------------------------------------------------------ retraining
