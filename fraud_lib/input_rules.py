@@ -48,14 +48,15 @@ def shown(value: Any, limit: int = 40) -> str:
 def id_error(value: Any) -> str | None:
     """Why ``value`` cannot be a transaction id (a string or an integer, 1 to
     :data:`MAX_ID_LENGTH` characters, no NUL, valid Unicode), or None if it can."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return "must be a string"
-    text = value if isinstance(value, str) else str(value)
-    if not 0 < len(text) <= MAX_ID_LENGTH:
-        return f"must be 1 to {MAX_ID_LENGTH} characters (got {len(text):,})"
-    if "\x00" in text:  # Postgres text cannot hold it
+    if type(value) is not str:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return "must be a string"
+        value = str(value)
+    if not 0 < len(value) <= MAX_ID_LENGTH:
+        return f"must be 1 to {MAX_ID_LENGTH} characters (got {len(value):,})"
+    if "\x00" in value:  # Postgres text cannot hold it
         return "must not contain NUL (\\u0000)"
-    if not text.isascii() and _SURROGATE.search(text):
+    if not value.isascii() and _SURROGATE.search(value):
         return "must be valid Unicode (no lone surrogates such as \\udc00)"
     return None
 
@@ -115,14 +116,15 @@ class TimestampBounds:
         """The range for messages, e.g. ``[2000-01-01T00:00:00Z, now+300s]``."""
         return f"[{_utc_text(self.earliest)}, now+{self.max_skew_seconds:g}s]"
 
-    def error(self, ts: datetime, name: str) -> str | None:
-        """Why the aware datetime ``ts`` is outside the range, or None if it is inside."""
+    def error(self, ts: datetime, name: str, *, latest: datetime | None = None) -> str | None:
+        """Why the aware datetime ``ts`` is outside the range, or None if it is inside
+        (``latest``: :meth:`latest` taken once for a batch; now when not given)."""
         if ts < self.earliest:  # aware comparisons do not overflow, even at year 1 +14:00
             return (
                 f"{name} {ts.isoformat()} is before {_utc_text(self.earliest)} "
                 "(FRAUD_MIN_TIMESTAMP); send the time the value was known"
             )
-        latest = self.latest()
+        latest = latest or self.latest()
         if ts > latest:
             return (
                 f"{name} {ts.isoformat()} is after now + {self.max_skew_seconds:g} s "
@@ -130,9 +132,10 @@ class TimestampBounds:
             )
         return None
 
-    def parse(self, value: Any, name: str) -> datetime:
+    def parse(self, value: Any, name: str, *, latest: datetime | None = None) -> datetime:
         """``value`` (an ISO-8601 string or a datetime; naive = UTC) as a UTC datetime inside
-        the range; :class:`DataError` with a message naming ``name`` otherwise."""
+        the range (``latest`` as in :meth:`error`); :class:`DataError` naming ``name``
+        otherwise."""
         if isinstance(value, str):
             ts = parse_iso(value, name)
         elif isinstance(value, datetime):
@@ -142,6 +145,6 @@ class TimestampBounds:
                 f"{name} must be an ISO-8601 timestamp string, e.g. {ISO_EXAMPLE} "
                 f"(got {type(value).__name__})"
             )
-        if err := self.error(ts, name):
+        if err := self.error(ts, name, latest=latest):
             raise DataError(err)
-        return ts.astimezone(UTC)  # safe now: the range is far from year 1 and 9999
+        return ts if ts.tzinfo is UTC else ts.astimezone(UTC)  # in range: cannot overflow

@@ -91,13 +91,13 @@ def load_labels(path: str | Path, bounds: TimestampBounds | None = None) -> list
         )
     labels = _labels(p, df["label"])
     times = df["labeled_at"] if "labeled_at" in df.columns else [None] * len(df)
-    out = []
+    out, latest = [], bounds.latest()
     for row, (tx, when) in enumerate(zip(df[ID_COLUMN], times, strict=True)):
         item: dict[str, Any] = {"transaction_id": _transaction_id(p, row, tx), "label": labels[row]}
         if not _missing(when):
             try:
                 item["labeled_at"] = bounds.parse(
-                    when.strip() if isinstance(when, str) else when, "labeled_at"
+                    when.strip() if isinstance(when, str) else when, "labeled_at", latest=latest
                 )
             except DataError as exc:
                 raise DataError(f"{p}: row {row}: {exc}") from None

@@ -380,9 +380,11 @@ def _clean_label(tx: str, value: Any) -> int:
     )
 
 
-def _label_tuple(row: Mapping[str, Any], bounds: TimestampBounds) -> tuple[Any, ...]:
+def _label_tuple(
+    row: Mapping[str, Any], bounds: TimestampBounds, latest: datetime
+) -> tuple[Any, ...]:
     """(transaction_id, label, labeled_at or None, source) of a label row, checked against the
-    id and timestamp rules of :mod:`fraud_lib.input_rules`."""
+    id and timestamp rules of :mod:`fraud_lib.input_rules` (``latest``: the range's end)."""
     tx = row.get("transaction_id")
     if tx is None or tx == "":
         raise DataError("every label needs a transaction_id")
@@ -390,9 +392,9 @@ def _label_tuple(row: Mapping[str, Any], bounds: TimestampBounds) -> tuple[Any, 
         raise DataError(f"label transaction_id {shown(tx)} {err}")
     tx = str(tx)
     labeled_at = row.get("labeled_at")
-    if labeled_at is not None and (isinstance(labeled_at, str) or not pd.isna(labeled_at)):
+    if type(labeled_at) in (datetime, str) or not (labeled_at is None or pd.isna(labeled_at)):
         try:
-            labeled_at = bounds.parse(labeled_at, "labeled_at")
+            labeled_at = bounds.parse(labeled_at, "labeled_at", latest=latest)
         except DataError as exc:
             raise DataError(f"transaction {tx!r}: {exc}", {"transaction_id": tx}) from None
     else:
@@ -419,9 +421,10 @@ def upsert_labels(
     ``settings.timestamp_bounds``) raises :class:`DataError` before anything is written.
     """
     bounds = bounds or TimestampBounds()
+    end = bounds.latest()
     latest: dict[str, tuple[Any, ...]] = {}
     for row in rows:
-        label = _label_tuple(row, bounds)
+        label = _label_tuple(row, bounds, end)
         latest[label[0]] = label
     if not latest:
         return {"inserted": 0, "updated": 0, "unchanged": 0, "unknown_ids": []}
@@ -438,7 +441,7 @@ def upsert_labels(
             # a labeled_at stored before the range was enforced is replaced by a valid one
             "OR NOT (l.labeled_at >= %(earliest)s AND l.labeled_at <= %(latest)s) "
             "RETURNING (xmax = 0) AS inserted",
-            {"earliest": bounds.earliest, "latest": bounds.latest()},
+            {"earliest": bounds.earliest, "latest": end},
         ).scalars().all()  # fmt: skip
         unknown = conn.exec_driver_sql(
             "SELECT i.transaction_id FROM _labels_in i WHERE NOT EXISTS "
