@@ -9,10 +9,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fraud_lib.errors import ConfigError
+from fraud_lib.errors import ConfigError, DataError
+from fraud_lib.input_rules import (
+    DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+    DEFAULT_MIN_TIMESTAMP,
+    TimestampBounds,
+    parse_iso,
+)
 
 THRESHOLD_RULES = ("f1", "cost", "precision")
 # Drift decision defaults, shared by the settings and fraud_lib.drift.drift_report.
@@ -107,6 +114,14 @@ def _validate_alerts(s: Settings) -> None:
         raise ConfigError("FRAUD_ALERT_ATTEMPTS must be between 1 and 10, e.g. 3")
 
 
+def _timestamp(env: Mapping[str, str], name: str, default: str) -> datetime:
+    raw = _get(env, name, default)
+    try:
+        return parse_iso(raw, name)
+    except DataError as exc:
+        raise ConfigError(f"{exc}; set {name} to e.g. {default}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime configuration; build it with :meth:`Settings.from_env`."""
@@ -159,6 +174,8 @@ class Settings:
     alert_retry_seconds: float
     public_mlflow_url: str
     public_airflow_url: str
+    min_timestamp: datetime
+    max_clock_skew_seconds: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -205,6 +222,10 @@ class Settings:
             drift_share_threshold=_float(env, "FRAUD_DRIFT_SHARE_THRESHOLD", DRIFT_SHARE_THRESHOLD),
             score_shift_threshold=_float(env, "FRAUD_SCORE_SHIFT_THRESHOLD", SCORE_SHIFT_THRESHOLD),
             **_alert_settings(env),
+            min_timestamp=_timestamp(env, "FRAUD_MIN_TIMESTAMP", DEFAULT_MIN_TIMESTAMP),
+            max_clock_skew_seconds=_float(
+                env, "FRAUD_MAX_CLOCK_SKEW_SECONDS", DEFAULT_MAX_CLOCK_SKEW_SECONDS
+            ),
         )
         if overrides:
             settings = replace(settings, **overrides)
@@ -231,6 +252,13 @@ class Settings:
             raise ConfigError(
                 "FRAUD_TRAIN_WINDOW_DAYS must be larger than FRAUD_EVAL_WINDOW_DAYS (>= 1)"
             )
+        TimestampBounds(self.min_timestamp, self.max_clock_skew_seconds)  # ConfigError if unusable
+
+    @property
+    def timestamp_bounds(self) -> TimestampBounds:
+        """The range every incoming timestamp must fall in (FRAUD_MIN_TIMESTAMP, now +
+        FRAUD_MAX_CLOCK_SKEW_SECONDS)."""
+        return TimestampBounds(self.min_timestamp, self.max_clock_skew_seconds)
 
     @property
     def embedded_postgres(self) -> bool:

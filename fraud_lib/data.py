@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -121,51 +120,6 @@ def load_transactions(
     df = df.sort_values(schema.time, kind="stable").reset_index(drop=True)
     logger.info("loaded %d transactions from %s", len(df), p)
     return df
-
-
-def load_labels(path: str | Path) -> list[dict[str, Any]]:
-    """Read labels (columns ``transaction_id``, ``label`` 0/1, optional ``labeled_at``).
-
-    Returns one dict per row for :func:`fraud_lib.store.upsert_labels`; a missing column, an
-    empty id, a label other than 0/1 or an unparsable ``labeled_at`` raises :class:`DataError`
-    naming the row.
-    """
-    p = Path(path)
-    df = _read_table(p, [ID_COLUMN])
-    missing = [c for c in (ID_COLUMN, "label") if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{p}: missing column(s) {', '.join(missing)}; expected "
-            "transaction_id,label[,labeled_at]"
-        )
-    ids = df[ID_COLUMN].astype("string").str.strip()
-    if ids.isna().any() or (ids == "").any():
-        row = int(np.flatnonzero((ids.isna() | (ids == "")).to_numpy())[0])
-        raise DataError(f"{p}: row {row} has an empty transaction_id")
-    labels = pd.to_numeric(df["label"], errors="coerce")
-    bad = ~labels.isin([0, 1])
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(
-            f"{p}: row {row} has label {df['label'].iloc[row]!r}; labels must be 0 or 1"
-        )
-    when = None
-    if "labeled_at" in df.columns:
-        when = pd.to_datetime(df["labeled_at"], utc=True, errors="coerce")
-        bad = when.isna() & df["labeled_at"].notna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(
-                f"{p}: row {row} has labeled_at {df['labeled_at'].iloc[row]!r}; "
-                "use ISO 8601, e.g. 2026-01-31T12:00:00Z"
-            )
-    out = []
-    for i, (tx, label) in enumerate(zip(ids, labels.astype(int), strict=True)):
-        row: dict[str, Any] = {"transaction_id": str(tx), "label": int(label)}
-        if when is not None and not pd.isna(when.iloc[i]):
-            row["labeled_at"] = when.iloc[i].to_pydatetime()
-        out.append(row)
-    return out
 
 
 def save_transactions(df: pd.DataFrame, path: str | Path) -> Path:

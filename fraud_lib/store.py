@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from fraud_lib import pgserver
 from fraud_lib.errors import DatabaseError, DataError
+from fraud_lib.input_rules import TimestampBounds, id_error, shown
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +396,34 @@ def _clean_label(tx: str, value: Any) -> int:
     )
 
 
-def upsert_labels(bind: Engine | Connection, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _label_tuple(
+    row: Mapping[str, Any], bounds: TimestampBounds, latest: datetime
+) -> tuple[Any, ...]:
+    """(transaction_id, label, labeled_at or None, source) of a label row, checked against the
+    id and timestamp rules of :mod:`fraud_lib.input_rules` (``latest``: the range's end)."""
+    tx = row.get("transaction_id")
+    if tx is None or tx == "":
+        raise DataError("every label needs a transaction_id")
+    if err := id_error(tx):
+        raise DataError(f"label transaction_id {shown(tx)} {err}")
+    tx = str(tx)
+    labeled_at = row.get("labeled_at")
+    if type(labeled_at) in (datetime, str) or not (labeled_at is None or pd.isna(labeled_at)):
+        try:
+            labeled_at = bounds.parse(labeled_at, "labeled_at", latest=latest)
+        except DataError as exc:
+            raise DataError(f"transaction {tx!r}: {exc}", {"transaction_id": tx}) from None
+    else:
+        labeled_at = None
+    return tx, _clean_label(tx, row.get("label")), labeled_at, row.get("source") or "api"
+
+
+def upsert_labels(
+    bind: Engine | Connection,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    bounds: TimestampBounds | None = None,
+) -> dict[str, Any]:
     """Store labels ``{transaction_id, label, labeled_at?, source?}``.
 
     A new transaction id is inserted; a changed label is updated (with the new labeled_at and
@@ -403,21 +431,17 @@ def upsert_labels(bind: Engine | Connection, rows: Sequence[Mapping[str, Any]]) 
     re-imports are idempotent. Labels for transactions without a prediction are stored too
     (they may arrive before the prediction log drains) and listed in ``unknown_ids``.
     Returns ``{"inserted", "updated", "unchanged", "unknown_ids"}``. Within one call the last
-    row for a transaction id wins.
+    row for a transaction id wins; a label stored with a ``labeled_at`` outside ``bounds``
+    (before the range was enforced) is replaced. An id or a ``labeled_at`` that breaks the
+    rules of :mod:`fraud_lib.input_rules` (``bounds``: the default range when not given; pass
+    ``settings.timestamp_bounds``) raises :class:`DataError` before anything is written.
     """
+    bounds = bounds or TimestampBounds()
+    end = bounds.latest()
     latest: dict[str, tuple[Any, ...]] = {}
     for row in rows:
-        tx = row.get("transaction_id")
-        if tx is None or str(tx) == "":
-            raise DataError("every label needs a transaction_id")
-        tx = str(tx)
-        labeled_at = _opt_datetime(row.get("labeled_at"), f"transaction {tx!r} labeled_at")
-        latest[tx] = (
-            tx,
-            _clean_label(tx, row.get("label")),
-            labeled_at,
-            row.get("source") or "api",
-        )
+        label = _label_tuple(row, bounds, end)
+        latest[label[0]] = label
     if not latest:
         return {"inserted": 0, "updated": 0, "unchanged": 0, "unknown_ids": []}
     types = (("transaction_id", "text"), ("label", "int2"), ("labeled_at", "timestamptz"),
@@ -430,7 +454,10 @@ def upsert_labels(bind: Engine | Connection, rows: Sequence[Mapping[str, Any]]) 
             "ON CONFLICT (transaction_id) DO UPDATE SET label = excluded.label, "
             "labeled_at = excluded.labeled_at, source = excluded.source, updated_at = now() "
             "WHERE l.label IS DISTINCT FROM excluded.label "
-            "RETURNING (xmax = 0) AS inserted"
+            # a labeled_at stored before the range was enforced is replaced by a valid one
+            "OR NOT (l.labeled_at >= %(earliest)s AND l.labeled_at <= %(latest)s) "
+            "RETURNING (xmax = 0) AS inserted",
+            {"earliest": bounds.earliest, "latest": end},
         ).scalars().all()  # fmt: skip
         unknown = conn.exec_driver_sql(
             "SELECT i.transaction_id FROM _labels_in i WHERE NOT EXISTS "

@@ -55,6 +55,7 @@ class IngestResult:
     event_time: list[float | None]
     digest: str
     skipped: str | None = None
+    skipped_labels: int = 0  # stored labels left out: labeled_at outside the accepted range
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,8 +122,13 @@ def ingest_window(
     schema = FeatureSchema.load(settings.schema_path)
     start = interval_end - timedelta(days=train_days)
     rows = logged.labeled_predictions(
-        engine, start=start, end=interval_end, labels_known_by=interval_end
+        engine,
+        start=start,
+        end=interval_end,
+        labels_known_by=interval_end,
+        bounds=settings.timestamp_bounds,
     )
+    skipped_labels = rows.attrs["skipped_labels"]
     window = _from_log(rows, schema)
     n_logged = len(window)
     cold = n_logged < settings.min_labeled_rows or (
@@ -165,6 +171,7 @@ def ingest_window(
             float(window[schema.time].max()) if rows else None,
         ],
         digest=window_digest(window),
+        skipped_labels=skipped_labels,
     )
     if rows < settings.min_labeled_rows or frauds < settings.min_frauds:
         result.skipped = (

@@ -171,9 +171,10 @@ def score() -> Response:
 @bp.post("/v1/labels")
 def labels() -> Response:
     st = state()
-    rows = validate_labels(parse_json(request), st.settings.max_batch)
+    bounds = st.settings.timestamp_bounds
+    rows = validate_labels(parse_json(request), st.settings.max_batch, bounds)
     try:
-        result = store.upsert_labels(st.db.engine(), rows)
+        result = store.upsert_labels(st.db.engine(), rows, bounds=bounds)
     except DatabaseError as exc:
         raise ApiError(
             503,

@@ -14,7 +14,6 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -24,10 +23,11 @@ import numpy as np
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from fraud_lib.errors import DataError
+from fraud_lib.input_rules import MAX_ID_LENGTH, TimestampBounds, id_error
 from fraud_lib.schema import FeatureSchema
 from serving.request_body import BulkBody
 
-MAX_ID_LENGTH = 200
 MAX_FIELD_ERRORS = 50
 JSON_TYPES = ("application/json",)
 
@@ -144,16 +144,6 @@ def _list_payload(payload: Any, key: str, max_items: int, item: str) -> list[Any
     return items
 
 
-def _id_error(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return "must be a string"
-    if isinstance(value, str) and not 0 < len(value) <= MAX_ID_LENGTH:
-        return f"must be 1 to {MAX_ID_LENGTH} characters"
-    if isinstance(value, str) and "\x00" in value:  # Postgres text cannot hold it
-        return "must not contain NUL (\\u0000)"
-    return None
-
-
 def _number_error(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"must be a number, got {type(value).__name__}"
@@ -262,7 +252,7 @@ def _extras(
 ) -> tuple[str | None, float | None]:
     """transaction_id and event time of a record (event_time, else the schema's time column)."""
     tx = rec.get("transaction_id")
-    if tx is not None and (err := _id_error(tx)):
+    if tx is not None and (err := id_error(tx)):
         errors["transaction_id"] = err
         tx = None
     event = None
@@ -335,18 +325,9 @@ def validate_transactions(payload: Any, schema: FeatureSchema, max_batch: int) -
 LABEL_FIELDS = frozenset({"transaction_id", "label", "labeled_at"})
 
 
-def _timestamp(value: Any) -> tuple[datetime | None, str | None]:
-    if not isinstance(value, str):
-        return None, "must be an ISO-8601 timestamp string, e.g. 2024-05-01T12:00:00Z"
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        return None, "is not an ISO-8601 timestamp, e.g. 2024-05-01T12:00:00Z"
-    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)), None
-
-
-def validate_labels(payload: Any, max_batch: int) -> list[dict[str, Any]]:
-    """``{"labels": [{"transaction_id", "label": 0|1, "labeled_at"?}, ...]}`` as store rows."""
+def validate_labels(payload: Any, max_batch: int, bounds: TimestampBounds) -> list[dict[str, Any]]:
+    """``{"labels": [{"transaction_id", "label": 0|1, "labeled_at"?}, ...]}`` as store rows;
+    ``labeled_at`` must be inside ``bounds``."""
     if not isinstance(payload, dict) or "labels" not in payload:
         raise ApiError(
             400,
@@ -367,7 +348,7 @@ def validate_labels(payload: Any, max_batch: int) -> list[dict[str, Any]]:
         tx = item.get("transaction_id")
         if tx is None:
             errors[f"{prefix}.transaction_id"] = "missing"
-        elif err := _id_error(tx):
+        elif err := id_error(tx):
             errors[f"{prefix}.transaction_id"] = err
         label = item.get("label")
         if "label" not in item:
@@ -376,9 +357,10 @@ def validate_labels(payload: Any, max_batch: int) -> list[dict[str, Any]]:
             errors[f"{prefix}.label"] = "must be 0 or 1"
         labeled_at = None
         if item.get("labeled_at") is not None:
-            labeled_at, err = _timestamp(item["labeled_at"])
-            if err:
-                errors[f"{prefix}.labeled_at"] = err
+            try:
+                labeled_at = bounds.parse(item["labeled_at"], "labeled_at")
+            except DataError as exc:
+                errors[f"{prefix}.labeled_at"] = str(exc)
         rows.append(
             {"transaction_id": str(tx), "label": label, "labeled_at": labeled_at, "source": "api"}
         )

@@ -96,14 +96,16 @@ def labels() -> None:
 @click.option("--source", default="import", show_default=True, help="Recorded with each label.")
 @click.pass_context
 def labels_import(ctx: click.Context, path: str, source: str) -> None:
-    """Upsert labels from a CSV with columns transaction_id,label[,labeled_at]."""
-    from fraud_lib import data, store
+    """Upsert labels from a CSV (UTF-8) or parquet file with columns
+    transaction_id,label[,labeled_at] (ISO 8601, e.g. 2024-05-01T12:00:00Z; no zone = UTC)."""
+    from fraud_lib import label_files, store
 
-    rows = data.load_labels(path)
+    settings = _settings(ctx)
+    rows = label_files.load_labels(path, settings.timestamp_bounds)
     for row in rows:
         row["source"] = source
     say(f"upserting {len(rows):,} labels")
-    result = store.upsert_labels(_engine(_settings(ctx)), rows)
+    result = store.upsert_labels(_engine(settings), rows, bounds=settings.timestamp_bounds)
     click.echo(
         f"inserted {result['inserted']:,}, updated {result['updated']:,}, "
         f"unknown transaction ids {len(result['unknown_ids']):,}"

@@ -106,6 +106,47 @@ def test_labels_import_reports_unknown_ids(tmp_path, cli_env):
     assert "inserted 2, updated 0, unknown transaction ids 2" in out.stdout
 
 
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        (b"transaction_id,label\nab\x00cd,1\n", ["line 2 holds a NUL byte"]),
+        (
+            b"transaction_id,label\n" + b"x" * 100_000 + b",1\n",
+            ["row 0 has transaction_id", "must be 1 to 200 characters (got 100,000)"],
+        ),
+        (
+            b"transaction_id,label,labeled_at\nt-1,1,1600-01-01T00:00:00Z\n",
+            ["row 0: labeled_at 1600-01-01T00:00:00+00:00 is before 2000-01-01T00:00:00Z"],
+        ),
+        (
+            b"transaction_id,label,labeled_at\nt-1,1,9999-12-31T23:59:59-14:00\n",
+            ["row 0: labeled_at", "FRAUD_MAX_CLOCK_SKEW_SECONDS"],
+        ),
+        (
+            b"transaction_id,label,labeled_at\nt-1,1," + b"1" * 10_000 + b"\n",
+            ["labeled_at is 10,000 characters long"],
+        ),
+        (
+            b"transaction_id,label,labeled_at\nt-1,1,01/05/2024\n",
+            ["labeled_at '01/05/2024' is not an ISO-8601 timestamp"],
+        ),
+        (b"transaction_id,label\nt-1,1\nt-2,\n", ["row 1 has no label; labels must be 0 or 1"]),
+        (b"transaction_id,label\nt-1,yes\n", ["row 0 has label 'yes'; labels must be 0 or 1"]),
+        (b"transaction_id,label\nt-1,1\nt-\xff2,0\n", ["line 3 is not valid UTF-8 (byte 0xff)"]),
+    ],
+    ids=["nul", "long-id", "1600", "9999", "digits", "non-iso", "nan", "yes", "utf8"],
+)
+def test_labels_import_refuses_hostile_files(tmp_path, cli_env, pg_engine, content, fragments):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(content)
+    proc = run(["labels", "import", str(path)], cli_env, tmp_path, ok=False)
+    _assert_clean_error(proc, "error:", *fragments)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and len(last) < 400 and "np.float64" not in last
+    with pg_engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM labels").scalar_one() == 0
+
+
 def _assert_clean_error(proc, *fragments: str) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout

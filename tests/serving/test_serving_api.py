@@ -196,7 +196,8 @@ def test_bad_labels_are_field_errors(client):
         "labels[0].label": "must be 0 or 1",
         "labels[1].transaction_id": "missing",
         "labels[2].label": "must be 0 or 1",
-        "labels[3].labeled_at": "is not an ISO-8601 timestamp, e.g. 2024-05-01T12:00:00Z",
+        "labels[3].labeled_at": "labeled_at 'last tuesday' is not an ISO-8601 timestamp; use "
+        "e.g. 2024-05-01T12:00:00Z (a date, optionally a time and a zone; no zone = UTC)",
         "labels[4].why": "unknown field; allowed: transaction_id, label, labeled_at",
         "labels[5]": "each label must be a JSON object",
     }
