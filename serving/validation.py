@@ -29,6 +29,8 @@ from serving.request_body import BulkBody
 
 MAX_ID_LENGTH = 200
 MAX_FIELD_ERRORS = 50
+# What a 5xx body says instead of exception text, paths or URLs (which go to the server log).
+SEE_LOG = "the server log has the details"
 JSON_TYPES = ("application/json",)
 
 

@@ -12,6 +12,7 @@ import click
 from fraud_lib.cli.base import _engine, _settings, cli, say
 from fraud_lib.config import Settings
 from fraud_lib.errors import FraudError
+from fraud_lib.redact import redact
 
 
 # ------------------------------------------------------------------------------ database
@@ -37,7 +38,7 @@ def db_start(ctx: click.Context) -> None:
     say(f"starting Postgres in {settings.postgres_dir} on 127.0.0.1:{settings.pg_port}")
     url = server.ensure_running()
     _engine(settings)
-    click.echo(f"running: {url} (pid {server.pid})")
+    click.echo(f"running: {redact(url)} (pid {server.pid})")
 
 
 @db.command("stop")
@@ -58,7 +59,7 @@ def db_status(ctx: click.Context) -> None:
     """Say whether the embedded Postgres runs, with its pid, port and data dir."""
     status = _embedded(_settings(ctx)).status()
     for key, value in status.items():
-        click.echo(f"{key}: {value}")
+        click.echo(f"{key}: {redact(str(value))}")
 
 
 # ------------------------------------------------------------------------------ serving
