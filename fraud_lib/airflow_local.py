@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,9 +18,13 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
+from fraud_lib import procs
 from fraud_lib.config import Settings
 from fraud_lib.errors import FraudError
 
+# Seconds Airflow's processes get between SIGTERM and SIGKILL when `fraud airflow` stops
+# (LocalExecutor workers were seen ignoring SIGTERM for 45 s and more).
+STOP_GRACE_SECONDS = 15.0
 # The repository's dags/ folder, found from the package directory (editable install / checkout).
 DEFAULT_DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags"
 
@@ -109,3 +114,31 @@ def dags_test(
         raise FraudError(f"{dag_id} failed (exit code {proc.returncode}){where}")
     say(f"{dag_id} finished in {seconds:.0f}s{where}")
     return seconds
+
+
+def run_standalone(env: dict[str, str], say: Callable[[str], None],
+                   grace: float = STOP_GRACE_SECONDS) -> int:  # fmt: skip
+    """Run ``airflow standalone`` until it exits, or until this process gets SIGTERM or SIGINT.
+
+    It runs in a session of its own (it does not pass signals on to its scheduler, API server
+    and workers; a terminal's Ctrl-C reaches only this process), and its whole tree is
+    stopped on the way out (:func:`fraud_lib.procs.stop_tree`). Returns its exit code, or 0
+    when stopped by a signal.
+    """
+    stop: list[str] = []
+    watched = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda n, _f: stop.append(signal.Signals(n).name))
+                for sig in watched}  # fmt: skip
+    try:
+        proc = subprocess.Popen([airflow_exe(), "standalone"], env=env, start_new_session=True)
+        while proc.poll() is None and not stop:
+            time.sleep(0.2)
+        if stop:
+            say(f"{stop[0]}: stopping Airflow's processes (SIGKILL after {grace:.0f} s)")
+        killed = procs.stop_tree(proc, grace)
+        if killed:
+            say(f"{killed} Airflow processes ignored SIGTERM for {grace:.0f} s: killed")
+        return 0 if stop else int(proc.returncode)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

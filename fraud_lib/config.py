@@ -20,6 +20,7 @@ from fraud_lib.input_rules import (
     TimestampBounds,
     parse_iso,
 )
+from fraud_lib.redact import MASK, redact
 
 THRESHOLD_RULES = ("f1", "cost", "precision")
 # Drift decision defaults, shared by the settings and fraud_lib.drift.drift_report.
@@ -291,9 +292,6 @@ class Settings:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in SECRET_FIELDS:
-                value = "***" if value else ""
-            elif isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1]:
-                scheme, rest = value.split("://", 1)  # any URL: hide user:password
-                value = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-            out[f.name] = str(value)
+                value = MASK if value else ""
+            out[f.name] = redact(str(value))
         return out

@@ -34,6 +34,7 @@ from sqlalchemy import text
 from fraud_lib import airflow_local, data, logged, pgserver, procs, promotion, registry, store
 from fraud_lib.config import Settings
 from fraud_lib.errors import FraudError
+from fraud_lib.redact import redact
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.train import train_model
 
@@ -351,7 +352,8 @@ def print_summary(report: DemoReport, settings: Settings, echo: Callable[[str], 
     for path in report.reports:
         echo(f"  {path}")
     echo("explore the same state:")
-    echo(f"  .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} --port 5000")
+    tracking = redact(settings.mlflow_tracking_uri)
+    echo(f"  .venv/bin/mlflow ui --backend-store-uri {tracking} --port 5000")
     echo("  make airflow          # Airflow UI on http://127.0.0.1:8080")
     echo("  .venv/bin/fraud models  # versions, aliases and decisions")
     echo("  make clean            # remove all of it")

@@ -1,4 +1,5 @@
-"""Stopping a gunicorn master this process started (the demo, the benchmarks, the tests)."""
+"""Stopping processes this process started: a gunicorn master (the demo, the bench harness,
+the tests) and a whole process tree (``fraud airflow``). Linux: read from /proc."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -31,3 +33,70 @@ def stop_master(proc: subprocess.Popen, timeout: float) -> None:
                 os.kill(pid, signal.SIGKILL)
         proc.kill()
         proc.wait(10)
+
+
+def _stat(pid: int) -> tuple[int, int, str, int] | None:
+    """(parent pid, session id, state, start time) of a live process; None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces
+    return int(fields[1]), int(fields[3]), fields[0], int(fields[19])
+
+
+def process_tree(pid: int, *, descendants: bool = True) -> dict[int, int]:
+    """``pid``, its descendants and every process of the session ``pid`` leads (members that
+    lost their parent or moved to a process group of their own stay in it), as
+    {pid: start time}; zombies left out. ``descendants=False`` once ``pid`` is reaped (its
+    number may be reused): the session only."""
+    stats = {int(e): st for e in os.listdir("/proc") if e.isdigit() and (st := _stat(int(e)))}
+    children: dict[int, list[int]] = {}
+    for p, (ppid, _, _, _) in stats.items():
+        children.setdefault(ppid, []).append(p)
+    tree, todo = set(), [pid] if descendants else []
+    while todo:
+        p = todo.pop()
+        if p in stats and p not in tree:
+            tree.add(p)
+            todo += children.get(p, [])
+    tree |= {p for p, st in stats.items() if st[1] == pid}
+    return {p: stats[p][3] for p in tree if stats[p][2] != "Z"}
+
+
+def _alive(known: dict[int, int]) -> dict[int, int]:
+    """The processes of ``known`` that still run (same pid and start time, not zombies)."""
+    return {p: t for p, t in known.items() if (st := _stat(p)) and st[3] == t and st[2] != "Z"}
+
+
+def _signal_all(pids: dict[int, int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _members(proc: subprocess.Popen) -> dict[int, int]:
+    """``proc``'s tree now (``proc`` itself reaped once it has exited)."""
+    return process_tree(proc.pid, descendants=proc.poll() is None)
+
+
+def stop_tree(proc: subprocess.Popen, grace: float) -> int:
+    """Stop ``proc`` (started with ``start_new_session=True``) and its whole tree: SIGTERM to
+    every member, SIGKILL to whatever still runs ``grace`` s later; returns how many needed
+    SIGKILL. Members started meanwhile are found again on every pass."""
+    known = _members(proc)
+    _signal_all(known, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while True:
+        known = _alive(known) | _members(proc)
+        if not known or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    killed = len(known)
+    while known and time.monotonic() < deadline + 10:
+        _signal_all(known, signal.SIGKILL)
+        time.sleep(0.1)
+        known = _alive(known) | _members(proc)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    return killed

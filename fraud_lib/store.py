@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from fraud_lib import pgserver
 from fraud_lib.errors import DatabaseError, DataError
 from fraud_lib.input_rules import TimestampBounds, id_error, shown
+from fraud_lib.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,6 @@ def _json_default(value: Any) -> Any:
 _dumps = partial(json.dumps, default=_json_default, allow_nan=False, separators=(",", ":"))
 
 
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable database URL>"
-
-
 # ---------------------------------------------------------------------------- engines
 _engines: dict[str, Engine] = {}
 _migrated: set[str] = set()
@@ -191,8 +184,8 @@ def _errors(bind: Engine | Connection) -> Iterator[None]:
         yield
     except (sa.exc.DBAPIError, psycopg.Error) as exc:
         orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
-        url = bind.engine.url.render_as_string(hide_password=True)
-        text = str(orig).strip()
+        url = redact(bind.engine.url.render_as_string(hide_password=False))
+        text = redact(str(orig).strip())
         first = text.splitlines()[0] if text else type(orig).__name__
         if isinstance(orig, psycopg.IntegrityError | psycopg.DataError):
             raise DataError(f"the database rejected the rows: {first}") from exc
@@ -203,10 +196,10 @@ def _errors(bind: Engine | Connection) -> Iterator[None]:
             or sqlstate.startswith(_UNREACHABLE_SQLSTATES)
         ):
             raise DatabaseError(
-                f"cannot reach the database at {url}: {first}. Start the embedded server with "
+                f"cannot reach the database at {url} ({first}). Start the embedded server with "
                 "`fraud db start`, or check FRAUD_DATABASE_URL"
             ) from exc
-        raise DatabaseError(f"database error at {url}: {first}") from exc
+        raise DatabaseError(f"database error at {url} ({first})") from exc
 
 
 @contextmanager
@@ -246,7 +239,7 @@ def connect_store(settings: Any) -> Engine:
     if url not in _migrated:
         migrate(engine)
         _migrated.add(url)
-        log.info("database ready at %s", mask_url(url))
+        log.info("database ready at %s", redact(url))
     return engine
 
 

@@ -8,6 +8,7 @@ scoring them).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -21,11 +22,13 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from fraud_lib import store
 from fraud_lib.errors import DatabaseError, DataError
+from fraud_lib.redact import redact
 from serving.metrics import RISK_LEVELS
 from serving.prediction_log import LogUnavailable
 from serving.spool import Block, encode_block
 from serving.typed_batch import decode_batch
 from serving.validation import (
+    SEE_LOG,
     ApiError,
     decode_json,
     parse_json,
@@ -35,6 +38,7 @@ from serving.validation import (
 )
 
 bp = Blueprint("api", __name__)
+log = logging.getLogger(__name__)
 
 
 class Model(msgspec.Struct, gc=False):
@@ -144,10 +148,12 @@ def score() -> Response:
     try:
         full = st.log.append(encode_block(block), n, wake=False)
     except LogUnavailable as exc:
+        log.error("request %s: the prediction log refused the records: %s", g.request_id, exc)
         raise ApiError(
             503,
             "log_unavailable",
-            f"the prediction could not be logged, so it is not answered: {exc}",
+            "the prediction could not be logged, so it is not answered; retry later "
+            f"({SEE_LOG}, request id {g.request_id})",
         ) from None
     st.metrics.observe_scores(scores, flagged, levels)
     st.metrics.batch_size.observe(n)
@@ -176,11 +182,12 @@ def labels() -> Response:
     try:
         result = store.upsert_labels(st.db.engine(), rows, bounds=bounds)
     except DatabaseError as exc:
+        log.error("request %s: labels not written: %s", g.request_id, redact(str(exc)))
         raise ApiError(
             503,
             "database_unavailable",
-            "labels are written to Postgres directly and it cannot be reached now; retry later "
-            f"({str(exc).splitlines()[0]})",
+            "labels are written to the database directly and it cannot be reached now; retry "
+            f"later ({SEE_LOG}, request id {g.request_id})",
         ) from None
     except DataError as exc:
         raise ApiError(400, "invalid_input", str(exc), getattr(exc, "fields", {})) from None

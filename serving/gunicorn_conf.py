@@ -41,6 +41,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from fraud_lib.redact import log_handler
 from serving.malloc import keep_freed_memory
 from serving.request_body import use_bulk_body
 
@@ -85,7 +86,7 @@ control_socket_disable = True  # unused; avoids one shared ~/.gunicorn/gunicorn.
 # for every request, ~30 us each, whatever accesslog says.)
 logging.basicConfig(
     level=loglevel.upper(),
-    format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+    handlers=[log_handler("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")],
 )
 for _noisy in ("mlflow", "alembic", "urllib3", "git"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)

@@ -24,7 +24,9 @@ from fraud_lib import registry
 from fraud_lib.config import Settings
 from fraud_lib.monitoring.alerts import AlertQueue
 from fraud_lib.monitoring.events import model_refused_alert
+from fraud_lib.redact import redact
 from serving.scoring import CanaryError, ServedModel, prepare
+from serving.validation import SEE_LOG
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +84,14 @@ class ModelHolder:
 
     # ------------------------------------------------------------------ checks
     def unavailable_message(self) -> str:
-        """Why there is no model to score with, for a 503."""
+        """Why there is no model to score with, for a 503: no exception text, path or URL
+        (those are in the server log)."""
         if self.registry_error:
-            return f"no model loaded: the MLflow registry cannot be read ({self.registry_error})"
+            return f"no model loaded: the model registry cannot be read; {SEE_LOG}"
         if self.last_error:
             return (
                 f"no model loaded: version {self.last_error['version']} was refused "
-                f"({self.last_error['reason']}: {self.last_error['message']})"
+                f"({self.last_error['reason']}); {SEE_LOG}"
             )
         return (
             f"no model loaded: no version of {self.settings.model_name!r} holds the alias "
@@ -110,7 +113,7 @@ class ModelHolder:
         try:
             version = self._alias_version(self.settings)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])
             if self.registry_error is None:
                 log.warning("cannot read the champion alias from the registry: %s", first)
             self.registry_error = f"{type(exc).__name__}: {first}"
@@ -169,6 +172,7 @@ class ModelHolder:
 
     def _refuse(self, version: str, reason: str, message: str) -> dict[str, Any]:
         self._refused.add(version)
+        message = redact(message)
         self.last_error = {"version": version, "reason": reason, "message": message[:2000],
                            "at": time.time()}  # fmt: skip
         self.metrics.reloads.labels("failure", reason).inc()
@@ -182,15 +186,18 @@ class ModelHolder:
         return {"status": "refused", "error": self.last_error}
 
     def status(self) -> dict[str, Any]:
+        """The holder's state for clients (/readyz, /v1/model): the reason of a refusal, not
+        its message, and whether the registry answers, not its error."""
         cur = self.current
+        refused = self.last_error
         return {
             "loaded": cur is not None,
             "version": cur.version if cur else None,
             "champion_version": self.champion_version,
             "predictor": cur.predictor if cur else None,
             "last_check_at": self.last_check_at,
-            "last_error": self.last_error,
-            "registry_error": self.registry_error,
+            "last_error": {k: refused[k] for k in ("version", "reason", "at")} if refused else None,
+            "registry_readable": self.registry_error is None,
         }
 
 

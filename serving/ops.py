@@ -14,7 +14,7 @@ import hmac
 from flask import Blueprint, Response, jsonify, request
 
 from serving.api import state
-from serving.validation import ApiError
+from serving.validation import SEE_LOG, ApiError
 
 bp = Blueprint("ops", __name__)
 
@@ -33,10 +33,9 @@ def readyz() -> Response:
     if not model["loaded"]:
         reasons.append(st.holder.unavailable_message())
     if not log_status["healthy"]:
-        reasons.append(
-            "the prediction log cannot take records: "
-            + (log_status["spool_error"] or "its shipper thread is not running")
-        )
+        writable = log_status["spool_writable"]
+        why = "its shipper is not running" if writable else "its spool cannot be written"
+        reasons.append(f"the prediction log cannot take records: {why}; {SEE_LOG}")
     body = {
         "status": "ready" if not reasons else "not_ready",
         "reasons": reasons,

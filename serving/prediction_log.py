@@ -205,20 +205,21 @@ class PredictionLog:
         return alive and self.spool_error is None
 
     def status(self) -> dict[str, Any]:
+        """The log's state for clients (/readyz): whether and when things failed, not the
+        errors themselves (paths, database URLs), which are in the server log and in
+        :attr:`last_error` / :attr:`spool_error`."""
         return {
             "healthy": self.healthy,
             "writer_id": self.wid,
-            "spool_dir": str(self.dir),
             "fsync": self.fsync,
             "backlog_records": self.backlog_records,
             "backlog_bytes": self.backlog_bytes(),
             "orphans_adopted": len(self._orphans),
             "rows_written": self.rows_written,
             "db_up": self.db_up,
-            "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "last_shipped_at": self.last_shipped_at,
-            "spool_error": self.spool_error,
+            "spool_writable": self.spool_error is None,
         }
 
     # ------------------------------------------------------------------ shipper

@@ -29,6 +29,8 @@ from fraud_lib.schema import FeatureSchema
 from serving.request_body import BulkBody
 
 MAX_FIELD_ERRORS = 50
+# What a 5xx body says instead of exception text, paths or URLs (which go to the server log).
+SEE_LOG = "the server log has the details"
 JSON_TYPES = ("application/json",)
 
 

@@ -17,6 +17,7 @@ import click
 
 from fraud_lib.config import Settings
 from fraud_lib.errors import FraudError
+from fraud_lib.redact import log_handler, redact
 
 
 def say(message: str) -> None:
@@ -54,7 +55,7 @@ class FraudGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FraudError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {redact(str(exc))}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -72,7 +73,9 @@ def cli(ctx: click.Context, verbose: int) -> None:
     SQLite MLflow store).
     """
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, handlers=[log_handler("%(asctime)s %(levelname)s %(name)s: %(message)s")]
+    )
     for noisy in ("mlflow", "alembic", "urllib3", "git"):
         logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
     ctx.obj = {"settings": Settings.from_env()}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import click
 from fraud_lib.cli.base import _engine, _settings, cli, say
 from fraud_lib.config import Settings
 from fraud_lib.errors import FraudError
+from fraud_lib.redact import redact
 
 
 # ------------------------------------------------------------------------------ database
@@ -58,7 +62,7 @@ def db_status(ctx: click.Context) -> None:
     """Say whether the embedded Postgres runs, with its pid, port and data dir."""
     status = _embedded(_settings(ctx)).status()
     for key, value in status.items():
-        click.echo(f"{key}: {value}")
+        click.echo(f"{key}: {redact(str(value))}")
 
 
 # ------------------------------------------------------------------------------ serving
@@ -101,13 +105,34 @@ def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
 
 
 # ------------------------------------------------------------------------------ airflow
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _host(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An IP address or a host name, refused before Airflow starts rather than after."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(value))
+    if _HOSTNAME.fullmatch(value):
+        return value
+    raise click.BadParameter(f"{value!r} is not an IP address or host name, e.g. 127.0.0.1")
+
+
 @cli.command("airflow")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="FRAUD_AIRFLOW_HOST",
+    callback=_host,
+    help="Address the Airflow UI / API server listens on (env FRAUD_AIRFLOW_HOST).",
+)
 @click.option(
     "--port",
     default=8080,
     show_default=True,
+    envvar="FRAUD_AIRFLOW_PORT",
     type=click.IntRange(1, 65535),
-    help="Port of the Airflow UI / API server.",
+    help="Port of the Airflow UI / API server (env FRAUD_AIRFLOW_PORT).",
 )
 @click.option(
     "--dags-folder",
@@ -115,11 +140,10 @@ def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
     help="DAG folder (default: AIRFLOW__CORE__DAGS_FOLDER, else the project's dags/).",
 )
 @click.pass_context
-def airflow_cmd(ctx: click.Context, port: int, dags_folder: str | None) -> None:
+def airflow_cmd(ctx: click.Context, host: str, port: int, dags_folder: str | None) -> None:
     """Start a local Airflow 3 (`airflow standalone`: API server + UI, scheduler, DAG processor,
-    triggerer) on the project's DAGs. Ctrl-C stops it."""
+    triggerer) on the project's DAGs. Ctrl-C or SIGTERM stops all of it."""
     import os
-    import subprocess
 
     from fraud_lib import airflow_local
 
@@ -127,30 +151,24 @@ def airflow_cmd(ctx: click.Context, port: int, dags_folder: str | None) -> None:
     exe = airflow_local.airflow_exe()
     # standalone starts its components as `airflow ...` from PATH: put this environment's first.
     env["PATH"] = os.pathsep.join([str(Path(exe).parent), env.get("PATH", "")])
+    env["AIRFLOW__API__HOST"] = host  # standalone's API server listens on 0.0.0.0 otherwise
     env["AIRFLOW__API__PORT"] = str(port)
     # Task processes reach the API server here (Airflow's default assumes port 8080).
-    env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://localhost:{port}/execution/")
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    local = f"[{local}]" if ":" in local else local
+    env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://{local}:{port}/execution/")
     home = airflow_local.ensure_db(env, say)
     password_file = home / "simple_auth_manager_passwords.json.generated"
     say(f"AIRFLOW_HOME={home}; DAGs from {env['AIRFLOW__CORE__DAGS_FOLDER']}")
     click.echo(
-        f"Airflow UI: http://127.0.0.1:{port} (ready after ~40 s)\n"
+        f"Airflow UI: http://{local}:{port} (listening on {host}; ready after ~20-40 s)\n"
         f"login: admin, password in {password_file} (written on the first start)\n"
         "trigger fraud_retrain with Params: DAGs -> fraud_retrain -> Trigger -> edit the form; "
         f"drift reports land in {env['FRAUD_REPORTS_DIR']}"
     )
-    proc = subprocess.Popen([exe, "standalone"], env=env)
-    try:
-        proc.wait()
-    except KeyboardInterrupt:  # the terminal sent SIGINT to airflow too; let it shut down
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            proc.wait(timeout=30)
-        raise
-    if proc.returncode not in (0, -2):
-        raise FraudError(f"airflow standalone exited with code {proc.returncode}")
+    code = airflow_local.run_standalone(env, say)
+    if code != 0:
+        raise FraudError(f"airflow standalone exited with code {code}")
 
 
 @cli.command("retrain")

@@ -283,7 +283,7 @@ def test_close_with_postgres_down_keeps_the_spool_for_the_next_writer(log_settin
     data, pids = lines_for(12)
     log.append(data, 12)
     assert log.close(timeout=0.5) is False
-    assert log.status()["db_up"] is False and "simulated" in log.status()["last_error"]
+    assert log.status()["db_up"] is False and "simulated" in log.last_error
     assert any(p.suffix == ".spool" for p in log.dir.iterdir())
     successor = make_log(log_settings, pg_engine)
     successor.start()  # a closed (not killed) writer's lock is free too: adopted at once
