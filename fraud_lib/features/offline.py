@@ -159,11 +159,10 @@ def _aligned_labels(
         ids = labels["transaction_id"].astype(str)
         if ids.duplicated().any():
             raise DataError(f"labels: transaction id {ids[ids.duplicated()].iloc[0]!r} twice")
-        pos = pd.Index(ids).get_indexer(events[spec.id].astype(str))
+        pos = pd.Index(ids).get_indexer(events[spec.id].astype(str))  # -1: no label
         y_all = pd.to_numeric(labels["label"], errors="coerce").to_numpy(np.float64)
-        at_all = epoch_seconds(labels["labeled_at"], "labeled_at")
-        y = np.where(pos >= 0, y_all[pos], np.nan)
-        known = np.where(pos >= 0, at_all[pos], np.nan)
+        y = np.append(y_all, np.nan)[pos]
+        known = np.append(epoch_seconds(labels["labeled_at"], "labeled_at"), np.nan)[pos]
     bad = np.isfinite(known) & ~np.isin(y, (0.0, 1.0))
     _first_bad(bad, "label", "must be 0 or 1 where labeled_at is set")
     return y, np.where(np.isfinite(y), known, np.nan)
