@@ -144,3 +144,28 @@ def test_cli_refuses_bad_raw_inputs_with_one_line(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert lines[-1].startswith("error: ") and fragment in lines[-1], proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_behavioral_definitions_travel_with_the_model_in_mlflow(tmp_path):
+    from fraud_lib import registry
+    from fraud_lib.config import Settings
+    from fraud_lib.features import predict_scores
+
+    settings = Settings.from_env(
+        {},
+        state_dir=tmp_path / "state",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        mlflow_artifact_dir=tmp_path / "mlartifacts",
+    )
+    schema = FeatureSchema.load(RAW_SCHEMA_PATH)
+    data = enrich(schema, generate_raw(10, rows_per_day=800, fraud_rate=0.03, seed=2))
+    result = train_model(data, schema, test_fraction=0.2)
+    ref = registry.log_model(result, settings)
+    loaded = registry.load_version(settings, ref.version)
+    assert loaded.schema == schema and loaded.schema.behavior == schema.behavior
+    test = data.tail(50)
+    np.testing.assert_allclose(
+        predict_scores(loaded.model, test, loaded.schema),
+        predict_scores(result.model, test, schema),
+    )
