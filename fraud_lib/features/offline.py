@@ -30,6 +30,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
+from fraud_lib.data import DELAY_COLUMN, SECONDS_PER_DAY
 from fraud_lib.errors import DataError
 from fraud_lib.features.kernels import (
     Moments,
@@ -50,9 +51,7 @@ from fraud_lib.features.spec import (
 
 logger = logging.getLogger(__name__)
 
-SECONDS_PER_DAY = 86_400
 EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
-DELAY_COLUMN = "label_delay_seconds"  # the generators' per-row label delay
 
 
 def epoch_seconds(values: pd.Series, column: str) -> np.ndarray:

@@ -33,14 +33,12 @@ import logging
 import numpy as np
 import pandas as pd
 
-from fraud_lib.data import _check_args, _label_delays, _rows_per_day
+from fraud_lib.data import MAX_AMOUNT, SECONDS_PER_DAY, _check_args, _label_delays, _rows_per_day
 from fraud_lib.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 EPOCH_DAY0 = 1_704_067_200.0  # 2024-01-01T00:00:00Z, a Monday
-SECONDS_PER_DAY = 86_400
-MAX_AMOUNT = 25_000.0
 FRAUD_TYPES = ("terminal", "takeover", "card_testing", "new_pattern")
 SCENARIOS: dict[str, str] = {
     "none": "no drift: the same process on every day",
@@ -186,14 +184,22 @@ def generate_raw(
     for lo, hi, drifted in periods:
         budget = fraud_rate * total * (hi - lo) / days * (factor if drifted else 1.0)
         injected.append(
-            _frauds(rng, world, lo * 86_400.0, hi * 86_400.0, budget, scenario, drifted)
+            _frauds(
+                rng,
+                world,
+                lo * float(SECONDS_PER_DAY),
+                hi * float(SECONDS_PER_DAY),
+                budget,
+                scenario,
+                drifted,
+            )
         )
     bursts = pd.concat(injected, ignore_index=True)
     legit = _legit(rng, world, np.arange(start_day, end), max(total - len(bursts), 1), drift,
                    scenario)  # fmt: skip
     for lo, hi, drifted in periods:
         budget = _SHARES["terminal"] * fraud_rate * total * (hi - lo) / days
-        hit = _compromise(rng, legit, int(world["n_terminals"]), lo * 86_400.0, hi * 86_400.0,
+        hit = _compromise(rng, legit, int(world["n_terminals"]), lo * float(SECONDS_PER_DAY), hi * float(SECONDS_PER_DAY),
                           budget * (factor if drifted else 1.0))  # fmt: skip
         legit.loc[hit & (legit["fraud_type"] == ""), "fraud_type"] = "terminal"
     return _finish(rng, pd.concat([legit, bursts], ignore_index=True), seed, start_day, drift,
