@@ -2,6 +2,9 @@
 
 The schema is configuration, not code. The default is the public ULB credit-card schema
 (Time, V1..V28, Amount, Class); ``FeatureSchema.load(path)`` reads any other from JSON or YAML.
+A schema with a ``behavior:`` block describes raw transactions whose model inputs are computed
+from history (:mod:`fraud_lib.features`): its ``features`` then lists the raw numeric inputs, and
+the parsed schema's ``features`` holds those plus every computed column.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fraud_lib.errors import ConfigError, DataError
+from fraud_lib.features.spec import BehaviorSpec
 
 
 def _plain(value: Any) -> Any:
@@ -25,6 +29,7 @@ def _plain(value: Any) -> Any:
 
 
 ULB_FEATURES = (*(f"V{i}" for i in range(1, 29)), "Amount")
+SCHEMA_KEYS = ("time", "label", "features", "id", "categorical", "behavior")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class FeatureSchema:
     features: tuple[str, ...] = ULB_FEATURES
     id: str | None = None
     categorical: tuple[str, ...] = field(default_factory=tuple)
+    behavior: BehaviorSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -54,11 +60,12 @@ class FeatureSchema:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureSchema:
-        """Build a schema from a mapping with keys time, label, features, optional id, categorical."""
-        unknown = set(data) - {"time", "label", "features", "id", "categorical"}
+        """Build a schema from a mapping with keys time, label, features, optional id,
+        categorical and behavior."""
+        unknown = set(data) - set(SCHEMA_KEYS)
         if unknown:
             raise ConfigError(
-                f"schema: unknown keys {sorted(unknown)}; allowed: time, label, features, id, categorical"
+                f"schema: unknown keys {sorted(unknown)}; allowed: {', '.join(SCHEMA_KEYS)}"
             )
         missing = [k for k in ("time", "label", "features") if k not in data]
         if missing:
@@ -67,13 +74,17 @@ class FeatureSchema:
             isinstance(c, str) for c in data["features"]
         ):
             raise ConfigError("schema: 'features' must be a list of column names")
-        return cls(
-            time=str(data["time"]),
-            label=str(data["label"]),
-            features=tuple(data["features"]),
-            id=str(data["id"]) if data.get("id") else None,
-            categorical=tuple(data.get("categorical") or ()),
-        )
+        roles = {
+            "time": str(data["time"]),
+            "label": str(data["label"]),
+            "id": str(data["id"]) if data.get("id") else None,
+            "categorical": tuple(data.get("categorical") or ()),
+        }
+        features = tuple(data["features"])
+        if data.get("behavior") is None:
+            return cls(features=features, **roles)
+        behavior = BehaviorSpec.from_config(data["behavior"], numeric=features, **roles)
+        return cls(features=(*features, *behavior.output_columns), behavior=behavior, **roles)
 
     @classmethod
     def load(cls, path: str | Path | None) -> FeatureSchema:
@@ -85,8 +96,8 @@ class FeatureSchema:
             raise ConfigError(
                 f"schema file {p} does not exist; pass --schema with a JSON or YAML file"
             )
-        text = p.read_text()
         try:
+            text = p.read_text(encoding="utf-8")
             if p.suffix.lower() in (".yaml", ".yml"):
                 import yaml
 
@@ -104,9 +115,21 @@ class FeatureSchema:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form; round-trips through :meth:`from_dict`."""
         d = asdict(self)
-        d["features"] = list(self.features)
+        d["features"] = list(self.behavior.numeric if self.behavior else self.features)
         d["categorical"] = list(self.categorical)
+        if self.behavior:
+            d["behavior"] = self.behavior.to_dict()
+        else:
+            del d["behavior"]
         return d
+
+    def raw(self) -> FeatureSchema:
+        """The schema of the raw table a behavioral schema reads (itself for a plain schema)."""
+        if self.behavior is None:
+            return self
+        return FeatureSchema(
+            self.time, self.label, self.behavior.numeric, self.id, self.categorical
+        )
 
     # ---------------------------------------------------------------- tables
     def validate_frame(self, df: pd.DataFrame, *, require_label: bool = True) -> pd.DataFrame:

@@ -55,6 +55,14 @@ from fraud_lib.cli.base import _engine, _settings, cli, say
 )
 @click.option("--label-delay-days", default=3.0, show_default=True, type=click.FloatRange(0))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--kind",
+    default="ulb",
+    show_default=True,
+    type=click.Choice(["ulb", "raw"]),
+    help="ulb: the creditcard.csv layout (V1..V28); raw: customer/terminal transactions for "
+    "behavioral features (schema: fraud_lib/features/raw_schema.yaml).",
+)
 def generate(
     out: str,
     days: int,
@@ -66,12 +74,14 @@ def generate(
     start_day: int,
     label_delay_days: float,
     seed: int,
+    kind: str,
 ) -> None:
-    """Generate synthetic transactions with the ULB creditcard.csv schema."""
+    """Generate synthetic transactions (ULB creditcard.csv schema, or raw with --kind raw)."""
     from fraud_lib import data
+    from fraud_lib.features.raw_data import generate_raw
 
-    say(f"generating {days} day(s) of transactions (scenario={scenario}, seed={seed})")
-    df = data.generate(
+    say(f"generating {days} day(s) of {kind} transactions (scenario={scenario}, seed={seed})")
+    df = (generate_raw if kind == "raw" else data.generate)(
         days,
         rows_per_day=rows_per_day,
         total_rows=total_rows,
@@ -83,7 +93,8 @@ def generate(
         label_delay_days=label_delay_days,
     )
     data.save_transactions(df, out)
-    say(f"wrote {len(df):,} rows ({int(df['Class'].sum()):,} frauds) to {out}")
+    frauds = int(df["is_fraud" if kind == "raw" else "Class"].sum())
+    say(f"wrote {len(df):,} rows ({frauds:,} frauds) to {out}")
 
 
 @cli.group()

@@ -27,7 +27,13 @@ def _load(path: str, schema: Any) -> Any:
     from fraud_lib import data
 
     say(f"loading {path}")
-    df = data.load_transactions(path, schema)
+    if schema.behavior is None:
+        df = data.load_transactions(path, schema)
+    else:
+        from fraud_lib.features.raw_table import load_raw_transactions
+
+        df = load_raw_transactions(path, schema)
+        say(f"computed {len(schema.behavior.output_columns)} behavioral features from the history")
     say(f"loaded {len(df):,} rows, {int(df[schema.label].sum()):,} frauds")
     return df
 

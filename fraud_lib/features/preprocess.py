@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from fraud_lib.schema import FeatureSchema
+if TYPE_CHECKING:  # fraud_lib.schema imports this package for the behavior specification
+    from fraud_lib.schema import FeatureSchema
 
 
 def build_preprocessor(schema: FeatureSchema, model_type: str) -> ColumnTransformer:
