@@ -13,7 +13,9 @@ identically (seeded sampling); no new model version is registered if one was alr
 on the same window content with the same settings (tag ``fraudloop.train_key``; the
 ``challenger`` alias is set on it again); and the recorded decision for that version and run is
 replayed instead of being taken again, so no second ``model_events`` row and no second alias
-move. A dry run records an event every time.
+move. A dry run records an event every time. A run on a window the champion itself was trained
+on (e.g. a drift event with no new traffic since) reuses the champion's version: there is no
+new challenger, and the decision is recorded as ``skipped``, never as a rejection.
 """
 
 from __future__ import annotations
@@ -202,7 +204,13 @@ def train_challenger(
     if existing is not None:
         c.set_registered_model_alias(settings.model_name, registry.CHALLENGER, existing.version)
         metrics = c.get_run(existing.run_id).data.metrics
-        log.info("re-run: version %s was already trained on this window", existing.version)
+        if str(existing.version) == registry.alias_version(settings, registry.CHAMPION):
+            log.info(
+                "no new challenger: the model trained on this window is the champion v%s",
+                existing.version,
+            )
+        else:
+            log.info("re-run: version %s was already trained on this window", existing.version)
         return {
             "version": str(existing.version),
             "run_id": existing.run_id,
@@ -288,7 +296,7 @@ def _recorded(
     for event in events:
         details = event.get("details") or {}
         if (
-            event["event"] in ("promoted", "rejected")
+            event["event"] in ("promoted", "rejected", "skipped")
             and details.get("details", {}).get("force") == decision["details"].get("force")
             and details.get("details", {}).get("min_improvement")
             == decision["details"].get("min_improvement")
