@@ -9,16 +9,24 @@ Evidently data drift of the features plus prediction drift of the score
 When the share of drifted features reaches `FRAUD_DRIFT_SHARE_THRESHOLD` or the score PSI
 reaches `FRAUD_SCORE_SHIFT_THRESHOLD`, `emit_drift_event` succeeds and updates the
 `fraudloop_drift` asset, which starts `fraud_retrain`; otherwise it is skipped and no asset event
-is emitted. No champion yet, or no traffic in the lookback, skips the run.
+is emitted. No champion yet, or no traffic in the lookback, skips the run. Unpausing the DAG
+immediately creates a run for its latest daily interval.
+
+Each report opens with a header (DAG run, window, champion, decision, reasons, score PSI);
+its "Dataset Drift" headline uses the same feature columns, tests and drift share as the
+decision.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
+
+log = logging.getLogger("fraudloop.dags.fraud_drift_monitor")
 
 # The same asset fraud_retrain is scheduled on (the integrity test checks that they agree).
 DRIFT_ASSET = Asset(name="fraudloop_drift", uri="fraudloop://drift/fraud-detector")
@@ -54,10 +62,11 @@ DRIFT_ASSET = Asset(name="fraudloop_drift", uri="fraudloop://drift/fraud-detecto
 def fraud_drift_monitor() -> None:
     @task
     def compare_recent() -> dict[str, Any]:
-        from fraud_lib import cycle, store
+        from fraud_lib import cycle, registry, store
         from fraud_lib.config import Settings
         from fraud_lib.window import run_key_for
 
+        registry.log_mlflow_through_logging()
         ctx = get_current_context()
         settings = Settings.from_env()
         end = ctx.get("data_interval_end") or ctx["dag_run"].run_after
@@ -65,16 +74,26 @@ def fraud_drift_monitor() -> None:
         key = f"{run_key_for(end, 0).rsplit('_', 1)[0]}_{days:g}d"
         try:
             summary = cycle.drift_monitor(
-                settings, store.connect_store(settings), interval_end=end, days=days, run_key=key
+                settings,
+                store.connect_store(settings),
+                interval_end=end,
+                days=days,
+                run_key=key,
+                context={"DAG run": f"{ctx['dag'].dag_id} {ctx['run_id']}"},
             )
         except cycle.SkipRun as exc:
             raise AirflowSkipException(str(exc)) from exc
         psi = (summary.get("score_shift") or {}).get("psi")
-        print(
-            f"drift {'DETECTED' if summary['drift_detected'] else 'not detected'} in "
-            f"{summary['rows']['current']:,} predictions vs champion v"
-            f"{summary['champion_version']}: {summary['drifted_count']} features drifted "
-            f"{summary['drifted_columns']}, score PSI {psi}; report {summary['html_path']}"
+        log.info(
+            "drift %s in %s predictions vs champion v%s: %s features drifted %s, score PSI %s; "
+            "report %s",
+            "DETECTED" if summary["drift_detected"] else "not detected",
+            f"{summary['rows']['current']:,}",
+            summary["champion_version"],
+            summary["drifted_count"],
+            summary["drifted_columns"],
+            "-" if psi is None else f"{psi:.3f}",
+            summary["html_path"],
         )
         keep = (
             "drift_detected",
@@ -101,7 +120,7 @@ def fraud_drift_monitor() -> None:
             "champion_version": summary["champion_version"],
             "report": summary["html_path"],
         }
-        print(f"drift event emitted for {DRIFT_ASSET.uri}: {summary['reasons']}")
+        log.info("drift event emitted for %s: %s", DRIFT_ASSET.uri, summary["reasons"])
 
     emit_drift_event(compare_recent())
 

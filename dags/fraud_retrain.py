@@ -1,9 +1,14 @@
 """
 ### fraud_retrain: gated champion/challenger retraining
 
-Runs **weekly** (Monday 00:00 UTC), **whenever `fraud_drift_monitor` reports drift** (the
-`fraudloop_drift` asset), or on demand from the UI (*Trigger DAG w/ config*: every Param below has
-a description; empty means "use the FRAUD_* setting").
+Runs **weekly** (cron `0 0 * * 1`: Mondays 00:00 UTC, a 7-day data interval; the DAG list
+shows only the asset as the schedule), **whenever `fraud_drift_monitor` reports drift** (the
+`fraudloop_drift` asset), or on demand from the UI (**Trigger**, then edit the Params form:
+every Param below has a description; empty means "use the FRAUD_* setting").
+
+Unpausing the DAG immediately creates a run for its latest weekly interval (`catchup=False`
+skips only the older ones); on a fresh install it skips with "too few labels", and a manual
+trigger made meanwhile queues behind it (`max_active_runs=1`).
 
 | task | what it does |
 |---|---|
@@ -11,7 +16,7 @@ a description; empty means "use the FRAUD_* setting").
 | `check_drift` | Evidently data, prediction and target drift vs the champion's training reference -> `drift_reports/fraud_retrain__<window>.html` + `.json` (also in the MLflow run) |
 | `train_challenger` | trains on the window minus its last `eval_window_days` of event time; registers the version with alias `challenger` |
 | `evaluate` | champion and challenger scored on that held-out slice |
-| `promote` | the promotion gate: alias move compare-and-set, a `model_events` row, version tags; prints the summary (metrics side by side, decision, reason, report) |
+| `promote` | the promotion gate: alias move compare-and-set, a `model_events` row, version tags; logs the summary (metrics side by side, decision, reason, report). When the window's model is the champion itself (no new traffic since it was trained), the decision is `skipped` (no new challenger), never a rejection |
 | `notify_serving` | best-effort `POST /admin/reload` to the scoring service (only after a promotion) |
 
 Re-running a run (same data interval) is idempotent: same window, same report, no second model
@@ -21,6 +26,7 @@ in those two modules; this file only wires it.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,6 +40,8 @@ from airflow.sdk import (
     task,
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+log = logging.getLogger("fraudloop.dags.fraud_retrain")
 
 DRIFT_ASSET = Asset(name="fraudloop_drift", uri="fraudloop://drift/fraud-detector")
 
@@ -50,9 +58,11 @@ def _optional(kind: str, description: str, **bounds: Any) -> Param:
 
 
 def _run_facts() -> tuple[Any, dict[str, Any], datetime]:
-    """(settings, params, interval end) of the running task."""
+    """(settings, params, interval end) of the running task; MLflow logs through logging."""
+    from fraud_lib import registry
     from fraud_lib.config import Settings
 
+    registry.log_mlflow_through_logging()
     ctx = get_current_context()
     settings = Settings.from_env()
     params = dict(ctx["params"])
@@ -139,7 +149,8 @@ def fraud_retrain() -> None:
         result = ingest_window(
             settings, store.connect_store(settings), interval_end=end, train_days=days, run_key=key
         )
-        print(f"window {key}: {result.rows:,} rows, {result.frauds} frauds -> {result.path}")
+        log.info("window %s: %s rows, %s frauds -> %s", key, f"{result.rows:,}", result.frauds,
+                 result.path)  # fmt: skip
         if result.skipped:
             raise AirflowSkipException(result.skipped)
         return result.as_dict()
@@ -149,10 +160,18 @@ def fraud_retrain() -> None:
         from fraud_lib import cycle, cycle_report
 
         settings, _, _ = _run_facts()
+        ctx = get_current_context()
+        context = {
+            "DAG run": f"{ctx['dag'].dag_id} {ctx['run_id']}",
+            "window": f"{window['run_key']}: {window['rows']:,} labeled rows, {window['frauds']} "
+            f"frauds, scored in [{window['start']}, {window['end']})",
+        }
         try:
-            summary = cycle.check_drift(settings, window["path"], window["run_key"])
+            summary = cycle.check_drift(
+                settings, window["path"], window["run_key"], context=context
+            )
         except cycle.SkipRun as exc:
-            print(f"drift check skipped: {exc}")
+            log.info("drift check skipped: %s", exc)
             return {"skipped": str(exc)}
         psi = (summary.get("score_shift") or {}).get("psi")
         cycle_report.log_to_run(
@@ -172,9 +191,11 @@ def fraud_retrain() -> None:
             artifacts=(summary["html_path"], summary["json_path"]),
             artifact_dir="drift",
         )
-        print(
-            f"drift {'DETECTED' if summary['drift_detected'] else 'not detected'}: "
-            f"{summary['reasons'] or 'below thresholds'}; report {summary['html_path']}"
+        log.info(
+            "drift %s: %s; report %s",
+            "DETECTED" if summary["drift_detected"] else "not detected",
+            summary["reasons"] or "below thresholds",
+            summary["html_path"],
         )
         keep = (
             "drift_detected",
@@ -251,7 +272,7 @@ def fraud_retrain() -> None:
         summary = cycle_report.format_summary(
             final, drift=None if drift.get("skipped") else drift, ingest=window
         )
-        print(summary)
+        log.info("%s", summary)
         ch, champ = final["challenger_metrics"] or {}, final["champion_metrics"] or {}
         summary_path = settings.reports_dir / f"fraud_retrain__{key}.summary.json"
         summary_path.parent.mkdir(parents=True, exist_ok=True)

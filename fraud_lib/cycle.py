@@ -13,7 +13,9 @@ identically (seeded sampling); no new model version is registered if one was alr
 on the same window content with the same settings (tag ``fraudloop.train_key``; the
 ``challenger`` alias is set on it again); and the recorded decision for that version and run is
 replayed instead of being taken again, so no second ``model_events`` row and no second alias
-move. A dry run records an event every time.
+move. A dry run records an event every time. A run on a window the champion itself was trained
+on (e.g. a drift event with no new traffic since) reuses the champion's version: there is no
+new challenger, and the decision is recorded as ``skipped``, never as a rejection.
 """
 
 from __future__ import annotations
@@ -49,7 +51,13 @@ class SkipRun(FraudError):
 
 # ------------------------------------------------------------------------------ drift
 def _drift_vs_champion(
-    settings: Settings, champion: str, current: pd.DataFrame, *, name: str, label: str | None
+    settings: Settings,
+    champion: str,
+    current: pd.DataFrame,
+    *,
+    name: str,
+    label: str | None,
+    context: dict[str, str],
 ) -> dict[str, Any]:
     """Drift of ``current`` vs the champion's training reference. The score is the champion's
     own score on both sides (``current`` is re-scored, ~2 s for 300k rows): logged scores come
@@ -64,6 +72,7 @@ def _drift_vs_champion(
     if current.empty:
         raise SkipRun(f"no rows with every feature of champion v{champion} to check for drift")
     current = current.assign(score=loaded.score(current))
+    basis = f"champion v{champion} training reference (scores: champion v{champion} on both sides)"
     summary = drift_report(
         registry.load_reference(settings, champion),
         current,
@@ -76,26 +85,36 @@ def _drift_vs_champion(
         label_column=label,
         drift_share_threshold=settings.drift_share_threshold,
         score_shift_threshold=settings.score_shift_threshold,
+        context={**context, "champion": f"v{champion}", "reference": basis},
     ).as_dict()
-    basis = f"champion v{champion} training reference (scores: champion v{champion} on both sides)"
     summary.update(reference_basis=basis, champion_version=champion)
     return summary
 
 
-def check_drift(settings: Settings, window_path: str | Path, run_key: str) -> dict[str, Any]:
+def check_drift(
+    settings: Settings,
+    window_path: str | Path,
+    run_key: str,
+    *,
+    context: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Evidently drift of the window vs the champion's training reference (HTML + JSON in
     ``reports_dir``). Without a champion the window's older half (by event time) is the
-    reference, with the logged scores."""
+    reference, with the logged scores. ``context`` (e.g. the DAG run) heads the HTML report."""
+    context = {"window": f"{run_key} ({window_path})", **(context or {})}
     schema = FeatureSchema.load(settings.schema_path)
     window = read_window(window_path, schema)
     name = f"fraud_retrain__{run_key}"
     champion = registry.alias_version(settings, registry.CHAMPION)
     if champion is not None:
-        summary = _drift_vs_champion(settings, champion, window, name=name, label=schema.label)
+        summary = _drift_vs_champion(
+            settings, champion, window, name=name, label=schema.label, context=context
+        )
         return {**summary, "run_key": run_key}
     later = window[schema.time] > float(window[schema.time].median())
     if later.all() or not later.any():
         raise SkipRun("no champion and a window too short in time to split for a drift check")
+    basis = "no champion yet: older half of the window (by event time) vs newer half"
     summary = drift_report(
         window[~later],
         window[later],
@@ -107,15 +126,22 @@ def check_drift(settings: Settings, window_path: str | Path, run_key: str) -> di
         label_column=schema.label,
         drift_share_threshold=settings.drift_share_threshold,
         score_shift_threshold=settings.score_shift_threshold,
+        context={**context, "champion": "none yet", "reference": basis},
     ).as_dict()
-    basis = "no champion yet: older half of the window (by event time) vs newer half"
     return {**summary, "reference_basis": basis, "champion_version": None, "run_key": run_key}
 
 
 def drift_monitor(
-    settings: Settings, engine: Engine, *, interval_end: datetime, days: float, run_key: str
+    settings: Settings,
+    engine: Engine,
+    *,
+    interval_end: datetime,
+    days: float,
+    run_key: str,
+    context: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Recent logged predictions (no labels needed) vs the champion's reference."""
+    """Recent logged predictions (no labels needed) vs the champion's reference; ``context``
+    (e.g. the DAG run) heads the HTML report."""
     champion = registry.alias_version(settings, registry.CHAMPION)
     if champion is None:
         raise SkipRun("no champion yet: nothing to compare recent traffic with")
@@ -126,7 +152,18 @@ def drift_monitor(
             f"no predictions scored in [{start:%Y-%m-%d %H:%M}, {interval_end:%Y-%m-%d %H:%M})"
         )
     name = f"fraud_drift_monitor__{run_key}"
-    summary = _drift_vs_champion(settings, champion, recent, name=name, label=None)
+    window = (
+        f"{len(recent):,} predictions scored in "
+        f"[{start:%Y-%m-%d %H:%M}, {interval_end:%Y-%m-%d %H:%M}) UTC"
+    )
+    summary = _drift_vs_champion(
+        settings,
+        champion,
+        recent,
+        name=name,
+        label=None,
+        context={**(context or {}), "window": window},
+    )
     events.alert_drift(settings, summary)
     return {**summary, "start": start.isoformat(), "end": interval_end.isoformat()}
 
@@ -204,7 +241,13 @@ def train_challenger(
     if existing is not None:
         c.set_registered_model_alias(settings.model_name, registry.CHALLENGER, existing.version)
         metrics = c.get_run(existing.run_id).data.metrics
-        log.info("re-run: version %s was already trained on this window", existing.version)
+        if str(existing.version) == registry.alias_version(settings, registry.CHAMPION):
+            log.info(
+                "no new challenger: the model trained on this window is the champion v%s",
+                existing.version,
+            )
+        else:
+            log.info("re-run: version %s was already trained on this window", existing.version)
         return {
             "version": str(existing.version),
             "run_id": existing.run_id,
@@ -290,7 +333,7 @@ def _recorded(
     for event in events:
         details = event.get("details") or {}
         if (
-            event["event"] in ("promoted", "rejected")
+            event["event"] in ("promoted", "rejected", "skipped")
             and details.get("details", {}).get("force") == decision["details"].get("force")
             and details.get("details", {}).get("min_improvement")
             == decision["details"].get("min_improvement")

@@ -72,6 +72,8 @@ def format_summary(
         if decision.get("champion_version")
         else "champion"
     )
+    if decision.get("challenger_version") == decision.get("champion_version"):
+        left, right = f"champion v{decision['champion_version']}", "(no new challenger)"
     lines = ["fraud_retrain summary"]
     if ingest:
         lines.append(

@@ -10,9 +10,17 @@ i.e. a column drifts when its distribution moved by about a tenth of a standard 
 Evidently's own default for samples above 1,000 rows, but set explicitly, so that the verdict does
 not change with the sample size: a p-value test (K-S, alpha 0.05) on 20,000 vs 10,000 rows
 flags mean shifts of ~0.04 sd, which real traffic always has, and would keep retraining busy for
-nothing. The label (target drift) is binary and uses Evidently's categorical default
-(Jensen-Shannon distance, 0.1); the fraud rates of both sides are reported beside it because a
-rate change from 0.2 % to 0.6 % is a small JS distance.
+nothing. Categorical columns and the label (target drift) use the Jensen-Shannon distance
+against 0.1, also set explicitly (Evidently's default below 1,000 rows is a p-value test, whose
+score means the opposite); the fraud rates of both sides are reported beside the label because
+a rate change from 0.2 % to 0.6 % is a small JS distance.
+
+**The report agrees with the decision.** Evidently's ``DataDriftPreset`` gets only the feature
+columns, these tests and the project's drift share (its own default is 0.5 over every column
+it is given), so its "Dataset Drift is (NOT) detected" headline is the decision's feature
+verdict; the score and the label are separate value-drift panels outside that count. The page
+gets a title and a header (:mod:`fraud_lib.drift_header`) with the run's context, the decision,
+its reasons and the score PSI.
 
 **Sampling (speed).** Evidently's cost grows with rows and it has a fixed cost of ~4-7 s
 (plotly figures per column). Each side is a uniform random sample of at most ``sample_rows``
@@ -53,12 +61,15 @@ import numpy as np
 import pandas as pd
 
 from fraud_lib.config import DRIFT_SHARE_THRESHOLD, SCORE_SHIFT_THRESHOLD
+from fraud_lib.drift_header import report_html
 from fraud_lib.errors import DataError
 
 log = logging.getLogger(__name__)
 
 NUM_METHOD = "wasserstein"
 NUM_THRESHOLD = 0.1
+CAT_METHOD = "jensenshannon"
+CAT_THRESHOLD = 0.1
 PSI_BINS = 10
 _PSI_EPS = 1e-4
 
@@ -84,6 +95,8 @@ class DriftSummary:
     drift_detected: bool
     reasons: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    context: dict[str, str] = field(default_factory=dict)
+    evidently_dataset_drift: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (also the content of ``{name}.json``)."""
@@ -115,51 +128,104 @@ def _sample(df: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     return df.sample(n=rows, random_state=seed).sort_index()
 
 
+@dataclass
+class _EvidentlyResult:
+    """What the Evidently run gives back: per-column results, its dataset verdict, the HTML."""
+
+    per_column: dict[str, dict[str, Any]]
+    dataset: dict[str, Any]
+    html: str
+
+
 def _run_evidently(
     reference: pd.DataFrame,
     current: pd.DataFrame,
-    numerical: list[str],
-    categorical: list[str],
-    html_path: Path,
-) -> dict[str, dict[str, Any]]:
-    """Run Evidently's DataDriftPreset, save the HTML; per-column ``{method, score, threshold}``.
+    features: tuple[list[str], list[str]],
+    extra: tuple[list[str], list[str]],
+    drift_share: float,
+) -> _EvidentlyResult:
+    """Evidently's DataDriftPreset on the ``features`` (numeric, categorical) with fraudloop's
+    own tests and drift share, plus a ValueDrift of each ``extra`` column (score, label) outside
+    the preset, so that its "Dataset Drift" headline counts the features only, as the decision does.
 
     The only place that knows Evidently's API (0.7: ``Report``/``Dataset``/``DataDefinition``,
-    results as metrics whose config type ends in ``:ValueDrift``).
+    results as metrics whose config type ends in ``:ValueDrift`` / ``:DriftedColumnsCount``).
     """
     from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
+    numerical, categorical = [*features[0], *extra[0]], [*features[1], *extra[1]]
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
-    columns = [*numerical, *categorical]
     report = Report(
-        [DataDriftPreset(columns=columns, num_method=NUM_METHOD, num_threshold=NUM_THRESHOLD)]
+        [
+            DataDriftPreset(
+                columns=[*features[0], *features[1]],
+                drift_share=drift_share,
+                num_method=NUM_METHOD,
+                num_threshold=NUM_THRESHOLD,
+                cat_method=CAT_METHOD,
+                cat_threshold=CAT_THRESHOLD,
+            ),
+            *(ValueDrift(column=c, method=NUM_METHOD, threshold=NUM_THRESHOLD) for c in extra[0]),
+            *(ValueDrift(column=c, method=CAT_METHOD, threshold=CAT_THRESHOLD) for c in extra[1]),
+        ]
     )
+    columns = [*numerical, *categorical]
     snapshot = report.run(
         current_data=Dataset.from_pandas(current[columns], data_definition=definition),
         reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
     )
-    snapshot.save_html(str(html_path))
     results: dict[str, dict[str, Any]] = {}
+    dataset: dict[str, Any] = {}
     for metric in snapshot.dict()["metrics"]:
         config = metric.get("config", {})
-        if str(config.get("type", "")).endswith(":ValueDrift"):
+        kind = str(config.get("type", ""))
+        if kind.endswith(":ValueDrift"):
             score = metric.get("value")
             results[config["column"]] = {
                 "method": config.get("method"),
                 "score": None if score is None else float(score),
                 "threshold": config.get("threshold"),
             }
+        elif kind.endswith(":DriftedColumnsCount"):
+            dataset = {**metric["value"], "drift_share": config.get("drift_share")}
     missing = [c for c in columns if c not in results]
-    if missing:
-        raise RuntimeError(f"the Evidently report has no drift result for {missing}")
-    return results
+    if missing or not dataset:
+        raise RuntimeError(f"the Evidently report lacks drift results (columns {missing})")
+    return _EvidentlyResult(results, dataset, snapshot.get_html_str(as_iframe=False))
 
 
 def _column_result(entry: dict[str, Any]) -> dict[str, Any]:
     score, threshold = entry["score"], entry["threshold"]
     drifted = score is not None and threshold is not None and score >= threshold
     return {**entry, "drifted": bool(drifted)}
+
+
+def _reasons(
+    summary: DriftSummary, drift_share_threshold: float, score_shift_threshold: float
+) -> list[str]:
+    """Why ``summary`` is drift (empty: it is not): the feature share, the score PSI."""
+    reasons = []
+    n, share = len(summary.columns), summary.drifted_share
+    if share >= drift_share_threshold:
+        reasons.append(
+            f"{summary.drifted_count} of {n} features drifted "
+            f"(share {share:.2f} >= {drift_share_threshold})"
+        )
+    psi = (summary.score_shift or {}).get("psi")
+    if psi is not None and psi >= score_shift_threshold:
+        reasons.append(f"score PSI {psi:.3f} >= {score_shift_threshold}")
+    return reasons
+
+
+def _score_shift(reference: pd.DataFrame, current: pd.DataFrame, column: str) -> dict[str, Any]:
+    return {
+        "psi": population_stability_index(reference[column], current[column]),
+        "reference_mean": float(reference[column].mean()),
+        "current_mean": float(current[column].mean()),
+        "rows": {"reference": len(reference), "current": len(current)},
+    }
 
 
 def drift_report(
@@ -176,13 +242,16 @@ def drift_report(
     categorical: list[str] | None = None,
     drift_share_threshold: float = DRIFT_SHARE_THRESHOLD,
     score_shift_threshold: float = SCORE_SHIFT_THRESHOLD,
+    context: dict[str, str] | None = None,
 ) -> DriftSummary:
     """Compare ``current`` with ``reference``; write ``{name}.html`` and ``{name}.json``.
 
     ``columns`` are the numeric features (``categorical`` the categorical ones); the score and the
-    label (when both sides have them) are added as extra columns of the same report. Drift is
-    detected when the share of drifted features reaches ``drift_share_threshold`` or the score PSI
-    (on all rows) reaches ``score_shift_threshold``.
+    label (when both sides have them) are added to the report outside its dataset drift count.
+    Drift is detected when the share of drifted features reaches ``drift_share_threshold`` (the
+    report's "Dataset Drift" headline uses the same share, columns and tests) or the score PSI
+    (on all rows) reaches ``score_shift_threshold``. ``context`` (label -> text: the run, the
+    window, the champion, ...) heads the HTML report, above the decision and its reasons.
     """
     started = time.perf_counter()
     categorical = list(categorical or [])
@@ -198,21 +267,17 @@ def drift_report(
         score_column in f.columns and f[score_column].notna().any() for f in sides
     )
     with_label = bool(label_column) and all(label_column in f.columns for f in sides)
-    numerical = [*columns, *([score_column] if with_score else [])]
-    cats = [*categorical, *([label_column] if with_label else [])]
-    keep = [*numerical, *cats]
+    extra = ([score_column] if with_score else [], [label_column] if with_label else [])
+    keep = [*features, *extra[0], *extra[1]]
 
     ref_sample = _sample(reference[keep], sample_rows, seed)
     cur_sample = _sample(current[keep], sample_rows, seed + 1)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    html_path, json_path = out_dir / f"{name}.html", out_dir / f"{name}.json"
-    raw = _run_evidently(ref_sample, cur_sample, numerical, cats, html_path)
-
+    evidently = _run_evidently(
+        ref_sample, cur_sample, (list(columns), categorical), extra, drift_share_threshold
+    )
+    raw = evidently.per_column
     per_column = {c: _column_result(raw[c]) for c in features}
     drifted = [c for c in features if per_column[c]["drifted"]]
-    share = len(drifted) / len(features)
-    prediction = _column_result(raw[score_column]) if with_score else None
     target = None
     if with_label:
         target = {
@@ -220,70 +285,73 @@ def drift_report(
             "reference_rate": float(reference[label_column].mean()),
             "current_rate": float(current[label_column].mean()),
         }
-    score_shift = None
-    if with_score:
-        psi = population_stability_index(reference[score_column], current[score_column])
-        score_shift = {
-            "psi": psi,
-            "reference_mean": float(reference[score_column].mean()),
-            "current_mean": float(current[score_column].mean()),
-            "rows": {"reference": len(reference), "current": len(current)},
-        }
-    reasons = []
-    if share >= drift_share_threshold:
-        reasons.append(
-            f"{len(drifted)} of {len(features)} features drifted "
-            f"(share {share:.2f} >= {drift_share_threshold})"
-        )
-    psi_value = (score_shift or {}).get("psi")
-    if psi_value is not None and psi_value >= score_shift_threshold:
-        reasons.append(f"score PSI {psi_value:.3f} >= {score_shift_threshold}")
     sampled = len(ref_sample) < len(reference) or len(cur_sample) < len(current)
-    sampling = (
-        f"uniform random sample (seed {seed}) of at most {sample_rows:,} rows per side for the "
-        "per-column tests; score PSI on all rows"
-        if sampled
-        else "all rows used"
-    )
+    out_dir = Path(out_dir)
     summary = DriftSummary(
         name=name,
-        html_path=str(html_path),
-        json_path=str(json_path),
+        html_path=str(out_dir / f"{name}.html"),
+        json_path=str(out_dir / f"{name}.json"),
         columns=features,
         per_column=per_column,
         drifted_columns=drifted,
         drifted_count=len(drifted),
-        drifted_share=share,
-        prediction_drift=prediction,
+        drifted_share=len(drifted) / len(features),
+        prediction_drift=_column_result(raw[score_column]) if with_score else None,
         target_drift=target,
-        score_shift=score_shift,
+        score_shift=_score_shift(reference, current, score_column) if with_score else None,
         rows={
             "reference": len(reference),
             "current": len(current),
             "reference_used": len(ref_sample),
             "current_used": len(cur_sample),
         },
-        sampling=sampling,
+        sampling=(
+            f"uniform random sample (seed {seed}) of at most {sample_rows:,} rows per side for "
+            "the per-column tests; score PSI on all rows"
+            if sampled
+            else "all rows used"
+        ),
         thresholds={
             "drift_share": drift_share_threshold,
             "score_psi": score_shift_threshold,
             "column": NUM_THRESHOLD,
         },
-        drift_detected=bool(reasons),
-        reasons=reasons,
+        drift_detected=False,
+        context=dict(context or {}),
+        evidently_dataset_drift=evidently.dataset,
     )
+    summary.reasons = _reasons(summary, drift_share_threshold, score_shift_threshold)
+    summary.drift_detected = bool(summary.reasons)
+    _check_agreement(summary, drift_share_threshold)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    Path(summary.html_path).write_text(report_html(evidently.html, summary), encoding="utf-8")
     summary.seconds = round(time.perf_counter() - started, 3)
-    json_path.write_text(json.dumps(json_safe(summary.as_dict()), indent=2, allow_nan=False) + "\n")
+    Path(summary.json_path).write_text(
+        json.dumps(json_safe(summary.as_dict()), indent=2, allow_nan=False) + "\n"
+    )
+    psi = (summary.score_shift or {}).get("psi")
     log.info(
         "drift check %s: %d/%d features drifted, score PSI %s, %.1fs -> %s",
         name,
         len(drifted),
         len(features),
-        "n/a" if psi_value is None else f"{psi_value:.3f}",
+        "n/a" if psi is None else f"{psi:.3f}",
         summary.seconds,
-        html_path,
+        summary.html_path,
     )
     return summary
+
+
+def _check_agreement(summary: DriftSummary, drift_share: float) -> None:
+    """The report's dataset verdict must be the decision's feature verdict (same columns, tests
+    and share); a mismatch means this wrapper and Evidently disagree on what they compute."""
+    ev = summary.evidently_dataset_drift
+    if ev.get("count") != summary.drifted_count or ev.get("drift_share") != drift_share:
+        raise RuntimeError(
+            f"Evidently counts {ev.get('count')} drifted columns at drift share "
+            f"{ev.get('drift_share')}, fraudloop {summary.drifted_count} at {drift_share}: "
+            "the report would contradict the decision"
+        )
 
 
 def json_safe(value: Any) -> Any:

@@ -37,6 +37,8 @@ from fraud_lib.registry import (
 
 log = logging.getLogger(__name__)
 
+_MAX_VERSION = 2**31 - 1  # MLflow stores versions as 32-bit integers
+
 
 @dataclass
 class Decision:
@@ -136,7 +138,7 @@ def _gate(
     force: bool,
 ) -> tuple[bool, str]:
     if champion_version == challenger.version:
-        return False, f"version {challenger.version} is already the champion"
+        return False, f"no new challenger: version {challenger.version} is already the champion"
     if force:
         return True, "forced promotion (guards and margin skipped)"
     if n_fraud == 0:
@@ -167,7 +169,10 @@ def _record(
     decision: Decision,
     event: str,
     run_id: str | None,
+    *,
+    tag_version: bool = True,
 ) -> None:
+    """A ``model_events`` row and, with ``tag_version``, the decision tags on the version."""
     ch, champ = decision.challenger_metrics, decision.champion_metrics or {}
     store.record_model_event(
         conn,
@@ -182,6 +187,8 @@ def _record(
         details=json.loads(json.dumps(decision.as_dict(), default=str)),
         run_id=run_id,
     )
+    if not tag_version:
+        return
     c = client(settings)
     v = decision.challenger_version
     c.set_model_version_tag(settings.model_name, v, TAG + "decision", event)
@@ -209,9 +216,19 @@ def apply_decision(
 ) -> Decision:
     """Record the decision and, if it promotes, move ``champion`` compare-and-set.
 
+    A "challenger" that already is the champion (a retraining run on a window the champion was
+    trained on) is no decision at all: it is recorded as ``skipped``, dry run or not, and the
+    champion's version tags are left alone.
+
     Raises :class:`PromotionConflict` (after recording a ``conflict`` event) when the champion
     is no longer the version that was evaluated.
     """
+    if decision.challenger_version == decision.champion_version:
+        decision.promote, decision.event = False, "skipped"
+        with engine.begin() as conn:
+            _record(conn, settings, decision, "skipped", run_id, tag_version=False)
+        log.info("skipped: %s", decision.reason)
+        return decision
     if dry_run:
         decision.event = "dry_run"
         with engine.begin() as conn:
@@ -268,6 +285,14 @@ def promote_if_better(
     return apply_decision(settings, engine, decision, dry_run=dry_run, run_id=run_id)
 
 
+def _version_number(text: str) -> str:
+    """``text`` as a registry version number, or :class:`RegistryError` saying what one is."""
+    value = text.strip()
+    if value.isascii() and value.isdigit() and len(value) < 11 and 0 < int(value) <= _MAX_VERSION:
+        return str(int(value))
+    raise RegistryError(f"a version is a whole number from 1 to {_MAX_VERSION}, got {text[:40]!r}")
+
+
 def rollback(
     settings: Settings,
     engine: Engine,
@@ -282,7 +307,7 @@ def rollback(
         current = alias_version(settings, CHAMPION)
         if current is None:
             raise NoChampionError("there is no champion to roll back from")
-        target = to_version
+        target = None if to_version is None else _version_number(to_version)
         if target is None:
             tags = c.get_model_version(settings.model_name, current).tags
             target = tags.get(TAG + "previous_champion")
@@ -291,6 +316,8 @@ def rollback(
                     f"version {current} has no recorded previous champion; "
                     "pass --to VERSION to choose one"
                 )
+        if str(target) == current:
+            raise RegistryError(f"version {current} is already the champion; nothing to roll back")
         try:
             c.get_model_version(settings.model_name, target)
         except MlflowException:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.utils import logging_utils
 
 from fraud_lib.config import Settings
 from fraud_lib.errors import NoChampionError, RegistryError
@@ -38,6 +40,25 @@ TAG = "fraudloop."
 def clean_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
     """``metrics`` with NaN as None (JSON and Postgres friendly)."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def log_mlflow_through_logging() -> None:
+    """Make MLflow's console output ordinary log records, for processes that keep logs (an
+    Airflow task): no artifact-download progress bar, MLflow's loggers propagate to the root
+    logger at their own level instead of writing to stderr, and its ``eprint`` notices
+    ("Successfully registered model ...", said again by :func:`log_model`) are dropped.
+
+    An Airflow task log shows every stderr line at ERROR level, so without this a successful
+    task logs red ``Downloading artifacts: 0%|...`` lines. Call it from entry points only.
+    """
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    for name in ("mlflow", "sqlalchemy.engine", "alembic", "huey"):  # the loggers MLflow sets up
+        logger = logging.getLogger(name)
+        kept = [h for h in logger.handlers if getattr(h, "stream", None) is not stream]
+        if len(kept) < len(logger.handlers):
+            logger.handlers, logger.propagate = kept, True
+    logging_utils.disable_logging()
 
 
 def client(settings: Settings) -> MlflowClient:

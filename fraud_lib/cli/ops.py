@@ -161,8 +161,8 @@ def airflow_cmd(ctx: click.Context, host: str, port: int, dags_folder: str | Non
     password_file = home / "simple_auth_manager_passwords.json.generated"
     say(f"AIRFLOW_HOME={home}; DAGs from {env['AIRFLOW__CORE__DAGS_FOLDER']}")
     click.echo(
-        f"Airflow UI: http://{local}:{port} (listening on {host}; ready after ~20-40 s)\n"
-        f"login: admin, password in {password_file} (written on the first start)\n"
+        f"Airflow UI: http://{local}:{port} (listening on {host}; ready after ~20 s)\n"
+        f"login: admin, password in {password_file} (Airflow writes it at its first start)\n"
         "trigger fraud_retrain with Params: DAGs -> fraud_retrain -> Trigger -> edit the form; "
         f"drift reports land in {env['FRAUD_REPORTS_DIR']}"
     )

@@ -78,6 +78,9 @@ def test_retrain_schedule_is_weekly_or_the_drift_asset(dagbag):
     assert [a.uri for a in schedule.asset_condition.objects] == [outlet.uri]
     assert isinstance(monitor.timetable, CronTriggerTimetable)
     assert monitor.timetable.expression == "0 0 * * *"
+    # The DAG list shows only the asset: the docs state the cron actually used, Airflow 3 words
+    assert f"cron `{schedule.timetable.expression}`" in retrain.doc_md
+    assert "**Trigger**" in retrain.doc_md and "w/ config" not in retrain.doc_md
 
 
 def test_retrain_params_are_declared_with_descriptions(dagbag):

@@ -15,6 +15,7 @@ order (monitor before retraining, since a promotion changes the drifted world's 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +33,7 @@ from fraud_lib.train import train_model
 from fraud_lib.window import run_key_for
 from tests.alert_receivers import webhook  # noqa: F401 - fixture used by name
 from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
+from tests.lib.drift_html import assert_report_agrees
 
 pytestmark = [pytest.mark.slow, *AIRFLOW_WARNING_FILTERS]
 
@@ -175,6 +177,39 @@ def _run(monkeypatch, world: World, dag_id: str, *, conf=None, at=None):
     return run, states
 
 
+@dataclass
+class Output:
+    """What a dag.test() run wrote outside the task log records, and the DAGs' own records."""
+
+    stdout: str
+    stderr: str
+    records: list[logging.LogRecord]
+
+    def messages(self) -> str:
+        return "\n".join(r.getMessage() for r in self.records)
+
+
+def _run_captured(monkeypatch, capfd, caplog, world: World, dag_id: str, **kwargs):
+    """:func:`_run` with the process's stdout/stderr (file descriptors) and the INFO records
+    of the DAG files' loggers captured. In a real task process every stderr line becomes an
+    ERROR line of the task log, and print() output travels apart from the log records (it
+    lands after the "Post Execute" marker): a task that is quiet on both, and logs through
+    ``logging``, gives a task log with no ERROR line and its summary in the main section."""
+    caplog.set_level(logging.INFO, logger="fraudloop.dags")
+    capfd.readouterr()
+    run, states = _run(monkeypatch, world, dag_id, **kwargs)
+    out, err = capfd.readouterr()
+    records = [r for r in caplog.records if r.name.startswith("fraudloop.dags")]
+    return run, states, Output(out, err, records)
+
+
+def _drift_report(summary: dict[str, Any]) -> dict[str, Any]:
+    """The saved JSON of a drift check, after checking that its HTML headline agrees."""
+    saved = json.loads(Path(summary["json_path"]).read_text())
+    assert_report_agrees(saved)
+    return saved
+
+
 def _xcom(run, task_id: str) -> Any:
     from airflow import settings as airflow_settings
     from airflow.models.xcom import XComModel
@@ -202,10 +237,16 @@ def _events(engine, world: World) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------ monitor
-def test_monitor_without_drift_emits_no_asset_event(monkeypatch, stable):
-    run, states = _run(monkeypatch, stable, "fraud_drift_monitor")
+def test_monitor_without_drift_emits_no_asset_event(monkeypatch, capfd, caplog, stable):
+    run, states, output = _run_captured(monkeypatch, capfd, caplog, stable, "fraud_drift_monitor")
     assert states == {"compare_recent": "success", "emit_drift_event": "skipped"}
+    assert output.stderr == "" and output.stdout == ""  # no tqdm bar, nothing printed
+    assert "drift not detected in" in output.messages()
+    assert all(r.levelno < logging.WARNING for r in output.records)
     summary = _xcom(run, "compare_recent")
+    saved = _drift_report(summary)
+    assert saved["context"]["DAG run"] == f"fraud_drift_monitor {run.run_id}"
+    assert saved["context"]["champion"] == f"v{stable.champion}"
     assert summary["drift_detected"] is False and summary["drifted_columns"] == []
     assert summary["rows"]["current"] > 2000  # the last day of logged traffic
     assert Path(summary["html_path"]).stat().st_size > 1_000_000
@@ -232,6 +273,7 @@ def test_monitor_with_drift_emits_the_asset_event_and_alerts(
     assert len(events) == 1 and events[0][0] == "emit_drift_event"
     assert events[0][1]["champion_version"] == drifted.champion
     assert events[0][1]["report"] == summary["html_path"]
+    assert _drift_report(summary)["drift_detected"] is True
     (post,) = webhook.wait_for(1)
     alert = post["json"]
     assert alert["kind"] == "drift_detected" and alert["links"]["report"] == summary["html_path"]
@@ -261,6 +303,7 @@ def test_no_drift_writes_report_and_rejects_a_challenger_that_is_not_better(
     assert drift["drift_detected"] is False
     report = json.loads(Path(drift["json_path"]).read_text())
     assert report["rows"]["current_used"] == 5000 and "sample" in report["sampling"]
+    assert _drift_report(drift)["context"]["DAG run"] == f"fraud_retrain {run.run_id}"
     assert Path(drift["html_path"]).exists()
     outcome = _xcom(run, "promote")
     assert outcome["event"] == "rejected" and "does not beat champion" in outcome["reason"]
@@ -271,11 +314,18 @@ def test_no_drift_writes_report_and_rejects_a_challenger_that_is_not_better(
     assert decision["n_eval"] < window["rows"] / 3  # the last 3 of 14 days, held out
 
 
-def test_new_pattern_drift_promotes_the_challenger(monkeypatch, engine, drifted):
-    run, states = _run(monkeypatch, drifted, "fraud_retrain", conf=CONF)
+def test_new_pattern_drift_promotes_the_challenger(monkeypatch, capfd, caplog, engine, drifted):
+    run, states, output = _run_captured(
+        monkeypatch, capfd, caplog, drifted, "fraud_retrain", conf=CONF
+    )
     assert states["promote"] == "success" and states["notify_serving"] == "success"
+    # MLflow's progress bars, notices and log lines are not on stderr; nothing is printed
+    assert output.stderr == "" and output.stdout == ""
+    assert "fraud_retrain summary" in output.messages()
+    assert "decision: promoted" in output.messages()
     drift = _xcom(run, "check_drift")
     assert drift["drift_detected"] is True and {"V4", "V12"} <= set(drift["drifted_columns"])
+    assert _drift_report(drift)["evidently_dataset_drift"]["drift_share"] == 0.05
     challenger = _xcom(run, "train_challenger")
     decision = _xcom(run, "promote")
     assert decision["event"] == "promoted", decision["reason"]
@@ -335,6 +385,34 @@ def test_rerunning_the_same_interval_is_idempotent(monkeypatch, engine, drifted)
     assert registry.alias_version(drifted.settings) == before["champion"]
     assert store.prediction_count(engine) == before["predictions"]
     assert len(list(first_path.glob("*"))) == 1  # no stray temp files
+
+
+def test_a_run_on_the_champions_own_window_is_skipped_not_a_rejection(monkeypatch, engine, drifted):
+    # A drift event a day later with no traffic since: the 15-day window holds the same rows
+    # the champion was trained on, so train_challenger reuses the champion's version.
+    champion = registry.alias_version(drifted.settings)
+    events = _events(engine, drifted)
+    later, conf = drifted.end + timedelta(days=1), {**CONF, "train_window_days": 15}
+    run, states = _run(monkeypatch, drifted, "fraud_retrain", conf=conf, at=later)
+    assert states["promote"] == "success" and states["notify_serving"] == "skipped"
+    challenger = _xcom(run, "train_challenger")
+    assert challenger["version"] == champion and challenger["reused"] is True
+    outcome = _xcom(run, "promote")
+    assert outcome["event"] == "skipped" and outcome["replayed"] is False
+    assert outcome["reason"] == f"no new challenger: version {champion} is already the champion"
+    after = _events(engine, drifted)
+    assert after[1:] == events
+    assert after[0]["event"] == "skipped" and after[0]["version"] == champion
+    assert after[0]["run_id"] == run_key_for(later, 15)
+    assert registry.alias_version(drifted.settings) == champion
+    tags = {v["version"]: v for v in registry.list_versions(drifted.settings)}[champion]
+    assert tags["decision"] == "promoted" and "beats champion" in tags["reason"]
+
+    # re-running that interval replays the recorded outcome: no second row
+    again, states = _run(monkeypatch, drifted, "fraud_retrain", conf=conf, at=later)
+    replay = _xcom(again, "promote")
+    assert replay["event"] == "skipped" and replay["replayed"] is True
+    assert _events(engine, drifted) == after
 
 
 def test_after_the_promotion_the_monitor_is_quiet_again(monkeypatch, drifted):

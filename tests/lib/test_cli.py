@@ -99,6 +99,27 @@ def test_generate_train_promote_models_rollback(tmp_path, cli_env):
     assert "rolled_back" in table
 
 
+@pytest.mark.slow
+def test_rollback_to_the_champion_itself_is_refused(tmp_path, cli_env):
+    data = tmp_path / "tx.parquet"
+    generate_args = ["--days", "6", "--rows-per-day", "2000", "--fraud-rate", "0.01"]
+    run(["generate", "--out", str(data), *generate_args], cli_env, tmp_path)
+    run(["train", "--data", str(data)], cli_env, tmp_path)
+    assert "decision: promoted" in run(["promote", "--data", str(data)], cli_env, tmp_path).stdout
+    before = json.loads(run(["models", "--json"], cli_env, tmp_path).stdout)
+
+    proc = run(["rollback", "--to", "1"], cli_env, tmp_path, ok=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "error: version 1 is already the champion; nothing to roll back"
+    ]
+    for hostile in ("abc", "-5", "99999999999", "1" * 10_000, b"\xff\xfe"):
+        proc = run(["rollback", "--to", hostile], cli_env, tmp_path, ok=False)
+        assert proc.returncode == 1, hostile
+        _assert_clean_error(proc, "error: a version is a whole number from 1 to 2147483647")
+    assert json.loads(run(["models", "--json"], cli_env, tmp_path).stdout) == before
+
+
 def test_labels_import_reports_unknown_ids(tmp_path, cli_env):
     path = tmp_path / "labels.csv"
     path.write_text("transaction_id,label,labeled_at\nt-1,1,2026-01-02T00:00:00Z\nt-2,0,\n")

@@ -8,8 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fraud_lib.data import generate
 from fraud_lib.drift import drift_report, population_stability_index
 from fraud_lib.errors import DataError
+from fraud_lib.schema import FeatureSchema
+from tests.lib.drift_html import assert_report_agrees
 
 COLUMNS = ["a", "b", "c", "d"]
 
@@ -89,6 +92,9 @@ def test_score_shift_alone_detects_drift_and_missing_scores_are_left_out(tmp_pat
     summary = drift_report(ref, cur, COLUMNS, out_dir=tmp_path, name="score", sample_rows=5000)
     assert summary.drifted_columns == []
     assert summary.drift_detected and summary.reasons[0].startswith("score PSI")
+    # features: "NOT detected" in Evidently's headline; the header says the PSI decided
+    shown = assert_report_agrees(summary.as_dict())
+    assert not shown.detected and "score PSI" in shown.header
     cur["score"] = np.nan
     no_score = drift_report(ref, cur, COLUMNS, out_dir=tmp_path, name="noscore", sample_rows=5000)
     assert no_score.prediction_drift is None and no_score.score_shift is None
@@ -113,3 +119,43 @@ def test_missing_columns_and_empty_sides_are_data_errors(tmp_path):
             name="x",
             sample_rows=100,
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("scenario", "drift"), [("none", False), ("new_pattern", True)])
+def test_the_report_headline_agrees_with_the_decision(tmp_path, scenario, drift):
+    # The project's own setting: 2 of 29 features drifting is drift (share 0.07 >= 0.05), where
+    # Evidently's default share of 0.5 over 30 columns (features + score) said "NOT detected".
+    schema = FeatureSchema()
+    reference = generate(4, rows_per_day=2000, seed=1, fraud_rate=0.01)
+    current = generate(
+        2, rows_per_day=2000, seed=2, fraud_rate=0.01, scenario=scenario, start_day=4,
+        drift_start_day=4,
+    )  # fmt: skip
+    rng = np.random.default_rng(3)
+    for frame in (reference, current):
+        frame["score"] = rng.beta(0.5, 20, len(frame))
+    context = {"DAG run": "fraud_retrain manual__x", "window": "w", "champion": "v3"}
+    summary = drift_report(
+        reference,
+        current,
+        list(schema.features),
+        out_dir=tmp_path,
+        name=scenario,
+        sample_rows=5000,
+        label_column=schema.label,
+        drift_share_threshold=0.05,
+        context=context,
+    )
+    assert summary.drift_detected is drift
+    assert (summary.drifted_count >= 2) is drift
+    shown = assert_report_agrees(summary.as_dict())
+    assert shown.detected is drift and shown.columns == len(schema.features) == 29
+    assert shown.drift_share == 0.05
+    for label, text in context.items():
+        assert f"{label} {text}" in shown.header
+    assert "score PSI" in shown.header and "Jensen-Shannon" in shown.header
+    saved = json.loads((tmp_path / f"{scenario}.json").read_text())
+    assert saved["context"] == context
+    assert saved["evidently_dataset_drift"]["count"] == summary.drifted_count
+    assert saved["target_drift"]["method"] == "jensenshannon"

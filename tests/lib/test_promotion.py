@@ -126,6 +126,40 @@ def test_rollback_restores_the_previous_champion(gate_settings, pg_engine, frame
         promotion.rollback(s, pg_engine)
 
 
+def test_the_champion_as_its_own_challenger_is_skipped_not_rejected(
+    gate_settings, pg_engine, frames, trained
+):
+    # A retraining run on a window the champion was trained on reuses the champion's version.
+    s, later = gate_settings, frames[1]
+    v1 = registry.log_model(trained["weak"], s)
+    promotion.promote_if_better(s, pg_engine, later, v1.version)
+    for options in ({}, {"force": True}, {"dry_run": True}):
+        decision = promotion.promote_if_better(s, pg_engine, later, v1.version, **options)
+        assert decision.event == "skipped" and not decision.promote, options
+        assert decision.reason == f"no new challenger: version {v1.version} is already the champion"
+    assert registry.alias_version(s) == v1.version
+    events = _events(pg_engine, s)
+    assert [e["event"] for e in events] == ["skipped", "skipped", "skipped", "promoted"]
+    assert {e["version"] for e in events} == {v1.version}
+    # the champion's own record still says why it is the champion
+    tags = {v["version"]: v for v in registry.list_versions(s)}[v1.version]
+    assert tags["decision"] == "promoted" and "first champion" in tags["reason"]
+
+
+def test_rollback_to_the_champion_itself_is_refused(gate_settings, pg_engine, frames, trained):
+    s, later = gate_settings, frames[1]
+    v1 = registry.log_model(trained["weak"], s)
+    promotion.promote_if_better(s, pg_engine, later, v1.version)
+    events = _events(pg_engine, s)
+    with pytest.raises(RegistryError, match=f"version {v1.version} is already the champion"):
+        promotion.rollback(s, pg_engine, to_version=v1.version)
+    for hostile in ("abc", "-1", "0", "1.5", "99999999999", "\udcff", "1" * 5000, ""):
+        with pytest.raises(RegistryError, match="a version is a whole number"):
+            promotion.rollback(s, pg_engine, to_version=hostile)
+    assert _events(pg_engine, s) == events
+    assert registry.list_versions(s)[0]["decision"] == "promoted"
+
+
 def test_a_champion_on_another_schema_is_replaced_only_when_forced(
     gate_settings, pg_engine, frames, trained
 ):
