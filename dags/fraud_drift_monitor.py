@@ -17,11 +17,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-# The same asset fraud_retrain is scheduled on (the integrity test checks that they agree).
-DRIFT_ASSET = Asset(name="fraudloop_drift", uri="fraudloop://drift/fraud-detector")
+from fraud_lib import assets
+
+# The same asset fraud_retrain is scheduled on (one definition, in fraud_lib.assets).
+DRIFT_ASSET = assets.airflow_asset(assets.DRIFT)
 
 
 @dag(

@@ -2,8 +2,9 @@
 ### fraud_retrain: gated champion/challenger retraining
 
 Runs **weekly** (Monday 00:00 UTC), **whenever `fraud_drift_monitor` reports drift** (the
-`fraudloop_drift` asset), or on demand from the UI (*Trigger DAG w/ config*: every Param below has
-a description; empty means "use the FRAUD_* setting").
+`fraudloop_drift` asset) **or `fraud_performance_monitor` a drop in realized performance** (the
+`fraudloop_performance` asset), or on demand from the UI (*Trigger DAG w/ config*: every Param
+below has a description; empty means "use the FRAUD_* setting").
 
 | task | what it does |
 |---|---|
@@ -25,7 +26,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import (
-    Asset,
     AssetOrTimeSchedule,
     CronTriggerTimetable,
     Param,
@@ -35,7 +35,10 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-DRIFT_ASSET = Asset(name="fraudloop_drift", uri="fraudloop://drift/fraud-detector")
+from fraud_lib import assets
+
+DRIFT_ASSET = assets.airflow_asset(assets.DRIFT)
+PERFORMANCE_ASSET = assets.airflow_asset(assets.PERFORMANCE)
 
 IO_RETRIES: dict[str, Any] = {
     "retries": 3,
@@ -69,7 +72,7 @@ def _param(params: dict[str, Any], name: str, default: Any) -> Any:
     dag_id="fraud_retrain",
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable("0 0 * * 1", timezone="UTC", interval=timedelta(days=7)),
-        assets=[DRIFT_ASSET],
+        assets=(DRIFT_ASSET | PERFORMANCE_ASSET),
     ),
     start_date=datetime(2024, 1, 1),
     catchup=False,

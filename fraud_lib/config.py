@@ -18,6 +18,16 @@ THRESHOLD_RULES = ("f1", "cost", "precision")
 # Drift decision defaults, shared by the settings and fraud_lib.drift.drift_report.
 DRIFT_SHARE_THRESHOLD = 0.05  # share of drifted features that is drift
 SCORE_SHIFT_THRESHOLD = 0.1  # score PSI that is drift
+# Metrics the performance monitor can watch (all higher-is-better, in [0, 1]); shared by the
+# settings, the CLI, the fraud_performance_monitor DAG's Params and fraud_lib.monitoring.
+PERFORMANCE_METRICS = (
+    "average_precision",
+    "roc_auc",
+    "precision",
+    "recall",
+    "f1",
+    "card_precision_at_k",
+)
 
 
 def _get(env: Mapping[str, str], name: str, default: str) -> str:
@@ -81,6 +91,13 @@ class Settings:
     drift_sample_rows: int
     drift_share_threshold: float
     score_shift_threshold: float
+    label_window_days: int
+    performance_lookback_days: int
+    performance_eval_days: int
+    performance_metric: str
+    performance_tolerance: float
+    analyst_capacity: int
+    entity_key: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -126,6 +143,13 @@ class Settings:
             drift_sample_rows=_int(env, "FRAUD_DRIFT_SAMPLE_ROWS", 20_000),
             drift_share_threshold=_float(env, "FRAUD_DRIFT_SHARE_THRESHOLD", DRIFT_SHARE_THRESHOLD),
             score_shift_threshold=_float(env, "FRAUD_SCORE_SHIFT_THRESHOLD", SCORE_SHIFT_THRESHOLD),
+            label_window_days=_int(env, "FRAUD_LABEL_WINDOW_DAYS", 30),
+            performance_lookback_days=_int(env, "FRAUD_PERFORMANCE_LOOKBACK_DAYS", 45),
+            performance_eval_days=_int(env, "FRAUD_PERFORMANCE_EVAL_DAYS", 7),
+            performance_metric=_get(env, "FRAUD_PERFORMANCE_METRIC", "average_precision"),
+            performance_tolerance=_float(env, "FRAUD_PERFORMANCE_TOLERANCE", 0.05),
+            analyst_capacity=_int(env, "FRAUD_ANALYST_CAPACITY", 100),
+            entity_key=_get(env, "FRAUD_ENTITY_KEY", ""),
         )
         if overrides:
             settings = replace(settings, **overrides)
@@ -150,6 +174,32 @@ class Settings:
         if self.eval_window_days < 1 or self.train_window_days <= self.eval_window_days:
             raise ConfigError(
                 "FRAUD_TRAIN_WINDOW_DAYS must be larger than FRAUD_EVAL_WINDOW_DAYS (>= 1)"
+            )
+        self._validate_performance()
+
+    def _validate_performance(self) -> None:
+        """The performance monitor's settings (also given as CLI options and DAG Params)."""
+        if self.performance_metric not in PERFORMANCE_METRICS:
+            raise ConfigError(
+                f"performance metric (FRAUD_PERFORMANCE_METRIC) {self.performance_metric!r} is "
+                f"unknown; use one of {', '.join(PERFORMANCE_METRICS)}"
+            )
+        checks = (
+            ("label window (FRAUD_LABEL_WINDOW_DAYS)", self.label_window_days, 0, 365),
+            ("evaluation days (FRAUD_PERFORMANCE_EVAL_DAYS)", self.performance_eval_days, 1, 90),
+            ("lookback (FRAUD_PERFORMANCE_LOOKBACK_DAYS)", self.performance_lookback_days, 2, 730),
+            ("tolerance (FRAUD_PERFORMANCE_TOLERANCE)", self.performance_tolerance, 0, 1),
+            ("analyst capacity k (FRAUD_ANALYST_CAPACITY)", self.analyst_capacity, 1, 1_000_000),
+        )
+        for what, value, low, high in checks:
+            if not low <= value <= high:  # NaN fails too
+                raise ConfigError(f"{what} must be between {low} and {high}; got {value}")
+        needed = self.label_window_days + self.performance_eval_days
+        if self.performance_lookback_days < needed:
+            raise ConfigError(
+                f"lookback (FRAUD_PERFORMANCE_LOOKBACK_DAYS) {self.performance_lookback_days} "
+                f"must cover the label window plus the evaluation days ({needed}), or no "
+                "cohort is ever mature enough to compare"
             )
 
     @property

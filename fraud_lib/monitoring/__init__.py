@@ -1,0 +1,1 @@
+"""Monitoring: drift, realized performance and alerts."""
