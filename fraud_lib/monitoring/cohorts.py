@@ -40,16 +40,22 @@ _READ = (
     "COALESCE(p.model_version, ''), p.score, p.threshold, l.label{entity} "
     "FROM predictions p LEFT JOIN labels l "
     "ON l.transaction_id = p.transaction_id AND l.labeled_at <= {as_of} "
-    "WHERE p.scored_at >= {start} AND p.scored_at < {as_of}) TO STDOUT (FORMAT csv)"
+    "WHERE p.scored_at >= {start} AND p.scored_at < {as_of} "
+    "AND COALESCE(p.model_name, {model}) = {model}) TO STDOUT (FORMAT csv)"
 )
 _COLUMNS = ["day", "model_version", "score", "threshold", "label"]
 
 
 def read_scored(
-    bind: Engine, *, start: datetime, as_of: datetime, entity_key: str = ""
+    bind: Engine,
+    *,
+    start: datetime,
+    as_of: datetime,
+    model_name: str,
+    entity_key: str = "",
 ) -> pd.DataFrame:
-    """Predictions scored in ``[start, as_of)`` with the label known by ``as_of`` (NaN if
-    none): columns day (days since 1970-01-01, UTC), model_version ('' if not logged), score,
+    """Predictions of ``model_name`` (or of no logged name) scored in ``[start, as_of)`` with
+    the label known by ``as_of`` (NaN if none): columns day (days since 1970-01-01, UTC), model_version ('' if not logged), score,
     threshold, label, and ``entity`` (the features' ``entity_key`` value) when given.
 
     COPY in CSV parsed by pandas: ~6x faster than fetching 1M rows as Python tuples.
@@ -59,6 +65,7 @@ def read_scored(
         entity=entity if entity_key else sql.SQL(""),
         as_of=sql.Literal(as_of),
         start=sql.Literal(start),
+        model=sql.Literal(model_name),
     )
     buffer = io.BytesIO()
     with store.begin(bind) as conn:

@@ -239,7 +239,8 @@ def performance_monitor(
     as_of = as_utc(as_of)
     day0 = as_of.replace(hour=0, minute=0, second=0, microsecond=0)
     start = day0 - DAY * settings.performance_lookback_days
-    frame = read_scored(engine, start=start, as_of=as_of, entity_key=settings.entity_key)
+    frame = read_scored(engine, start=start, as_of=as_of, model_name=settings.model_name,
+                        entity_key=settings.entity_key)  # fmt: skip
     seconds = {"read": time.perf_counter() - started}
     if frame.empty:
         raise NoPredictions(f"no predictions scored in [{start:%Y-%m-%d}, {as_of:%Y-%m-%d %H:%M})")

@@ -68,6 +68,12 @@ def log(engine, rows: list[tuple[Any, ...]], *, version: str = "1", threshold: f
         store.upsert_labels(engine, labels)
 
 
+def read(engine, as_of: datetime, **kwargs: Any):
+    return cohorts_lib.read_scored(
+        engine, start=D1, as_of=as_of, model_name="fraud-detector", **kwargs
+    )
+
+
 def day_one(engine) -> None:
     """Six predictions on 2025-01-01: frauds at 0.9, 0.7 and 0.4 (missed), one unlabeled."""
     at = D1 + timedelta(hours=10)
@@ -100,8 +106,11 @@ def champion(settings: Settings, **metrics: float) -> str:
 
 def test_hand_computed_metrics_of_a_mature_cohort(engine, small):
     day_one(engine)
+    other = {"prediction_id": "p-other", "transaction_id": "o", "features": {"V1": 1.0},
+             "scored_at": D1, "score": 0.99, "model_name": "another-model"}  # fmt: skip
+    store.insert_predictions(engine, [other])  # another model's log: left out
     as_of = D1 + timedelta(days=3)  # the day's end + the 2-day window: just mature
-    frame = cohorts_lib.read_scored(engine, start=D1, as_of=as_of)
+    frame = read(engine, as_of)
     (c,) = cohorts_lib.cohort_table(frame, small, as_of)
     assert (c.cohort_day, c.model_version, c.mature) == ("2025-01-01", "1", True)
     assert (c.n, c.labeled, c.frauds, c.k) == (6, 5, 3, 2)
@@ -123,13 +132,13 @@ def test_a_cohort_whose_labels_are_still_arriving_is_provisional(engine, small):
     log(engine, [("g", at, 0.95, 1, late), ("h", at, 0.3, 0, D1 + timedelta(days=2))])
     as_of = D1 + timedelta(days=2)  # day 2 + 0: the fraud's label is not known yet
     early = {c.cohort_day: c for c in cohorts_lib.cohort_table(
-        cohorts_lib.read_scored(engine, start=D1, as_of=as_of), small, as_of)}  # fmt: skip
+        read(engine, as_of), small, as_of)}  # fmt: skip
     assert early["2025-01-01"].mature is False and early["2025-01-02"].mature is False
     assert early["2025-01-02"].labeled == 1 and early["2025-01-02"].label_coverage == 0.5
     assert early["2025-01-02"].frauds == 0  # labeled_at after the as-of: not counted
     later_as_of = D1 + timedelta(days=4)
     later = {c.cohort_day: c for c in cohorts_lib.cohort_table(
-        cohorts_lib.read_scored(engine, start=D1, as_of=later_as_of), small, later_as_of)}  # fmt: skip
+        read(engine, later_as_of), small, later_as_of)}  # fmt: skip
     assert later["2025-01-01"].mature is True and later["2025-01-02"].mature is True
     assert later["2025-01-02"].frauds == 1 and later["2025-01-02"].label_coverage == 1.0
 
@@ -149,7 +158,7 @@ def test_card_precision_ranks_entities_when_an_entity_key_is_set(engine, small):
     )
     as_of = D1 + timedelta(days=3)
     cards = performance.with_options(small, k=2)
-    frame = cohorts_lib.read_scored(engine, start=D1, as_of=as_of, entity_key="card")
+    frame = read(engine, as_of, entity_key="card")
     (c,) = cohorts_lib.cohort_table(frame, cards, as_of)
     assert c.card_precision_at_k == pytest.approx(0.5) and c.k == 2  # y (legit), x (fraud)
     (plain,) = cohorts_lib.cohort_table(frame.drop(columns="entity"), cards, as_of)
