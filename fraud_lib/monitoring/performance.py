@@ -99,7 +99,7 @@ def parse_as_of(text: str) -> datetime:
     """An ISO-8601 date or timestamp (naive = UTC) as an aware datetime; ConfigError if not."""
     try:
         return as_utc(datetime.fromisoformat(text.strip()))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise ConfigError(
             f"--as-of {text!r} is not an ISO-8601 date or timestamp, e.g. 2025-03-01 or "
             "2025-03-01T00:00:00Z"
@@ -237,8 +237,11 @@ def performance_monitor(
 
     started = time.perf_counter()
     as_of = as_utc(as_of)
-    day0 = as_of.replace(hour=0, minute=0, second=0, microsecond=0)
-    start = day0 - DAY * settings.performance_lookback_days
+    try:
+        start = as_of.replace(hour=0, minute=0, second=0, microsecond=0)
+        start -= DAY * settings.performance_lookback_days
+    except OverflowError:
+        raise ConfigError(f"as-of {as_of:%Y-%m-%d} minus the lookback is before year 1") from None
     frame = read_scored(engine, start=start, as_of=as_of, model_name=settings.model_name,
                         entity_key=settings.entity_key)  # fmt: skip
     seconds = {"read": time.perf_counter() - started}
