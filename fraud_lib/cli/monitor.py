@@ -29,21 +29,38 @@ def _number(name: str, raw: str | None, kind: type) -> Any:
 
 
 @monitor.command("performance")
-@click.option("--as-of", help="Measure as of this ISO-8601 time, UTC if no zone (default: now).")
 @click.option(
-    "--label-window-days", help="Days until a cohort is mature (FRAUD_LABEL_WINDOW_DAYS)."
+    "--as-of",
+    metavar="TIME",
+    help="Measure as of this ISO-8601 time, UTC if no zone (default: now).",
 )
-@click.option("--lookback-days", help="Scoring days measured (FRAUD_PERFORMANCE_LOOKBACK_DAYS).")
-@click.option("--eval-days", help="Mature cohorts averaged (FRAUD_PERFORMANCE_EVAL_DAYS).")
+@click.option(
+    "--label-window-days",
+    metavar="DAYS",
+    help="Days until a cohort is mature (FRAUD_LABEL_WINDOW_DAYS).",
+)
+@click.option(
+    "--lookback-days",
+    metavar="DAYS",
+    help="Scoring days measured (FRAUD_PERFORMANCE_LOOKBACK_DAYS).",
+)
+@click.option(
+    "--eval-days", metavar="DAYS", help="Mature cohorts averaged (FRAUD_PERFORMANCE_EVAL_DAYS)."
+)
 @click.option(
     "--metric",
+    metavar="NAME",
     help=f"Deciding metric: {', '.join(PERFORMANCE_METRICS)} (FRAUD_PERFORMANCE_METRIC).",
 )
 @click.option(
-    "--tolerance", help="Drop in metric points that counts (FRAUD_PERFORMANCE_TOLERANCE)."
+    "--tolerance",
+    metavar="POINTS",
+    help="Drop in metric points that counts (FRAUD_PERFORMANCE_TOLERANCE).",
 )
 @click.option(
-    "--k", help="Analyst capacity per day for card precision at k (FRAUD_ANALYST_CAPACITY)."
+    "--k",
+    metavar="N",
+    help="Analyst capacity per day for card precision at k (FRAUD_ANALYST_CAPACITY).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @click.option("--no-report", is_flag=True, help="Skip the Evidently report and the MLflow run.")
