@@ -48,9 +48,10 @@ airflow: install  ## start a local Airflow 3 UI on the project's DAGs (Ctrl-C st
 serve: install  ## run the scoring service on 127.0.0.1:8000
 	$(BIN)/fraud serve
 
-bench: install  ## run the serving and retraining benchmarks (tables; bench/results/*.json)
+bench: install  ## run the serving, retraining and performance-monitor benchmarks (bench/results/*.json)
 	$(BIN)/python bench/bench_serving.py
 	$(BIN)/python bench/bench_retrain.py
+	$(BIN)/python bench/bench_performance.py
 
 clean:  ## stop the embedded Postgres and remove all local state (keeps .venv)
 	-@test -x $(BIN)/fraud && $(BIN)/fraud db stop

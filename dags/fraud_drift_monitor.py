@@ -23,13 +23,16 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
+
+from fraud_lib import assets
 
 log = logging.getLogger("fraudloop.dags.fraud_drift_monitor")
 
-# The same asset fraud_retrain is scheduled on (the integrity test checks that they agree).
-DRIFT_ASSET = Asset(name="fraudloop_drift", uri="fraudloop://drift/fraud-detector")
+
+# The same asset fraud_retrain is scheduled on (one definition, in fraud_lib.assets).
+DRIFT_ASSET = assets.airflow_asset(assets.DRIFT)
 
 
 @dag(

@@ -2,8 +2,9 @@
 ### fraud_retrain: gated champion/challenger retraining
 
 Runs **weekly** (cron `0 0 * * 1`: Mondays 00:00 UTC, a 7-day data interval; the DAG list
-shows only the asset as the schedule), **whenever `fraud_drift_monitor` reports drift** (the
-`fraudloop_drift` asset), or on demand from the UI (**Trigger**, then edit the Params form:
+shows only the assets as the schedule), **whenever `fraud_drift_monitor` reports drift** (the
+`fraudloop_drift` asset) **or `fraud_performance_monitor` a drop in realized performance** (the
+`fraudloop_performance` asset), or on demand from the UI (**Trigger**, then edit the Params form:
 every Param below has a description; empty means "use the FRAUD_* setting").
 
 Unpausing the DAG immediately creates a run for its latest weekly interval (`catchup=False`
@@ -31,7 +32,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import (
-    Asset,
     AssetOrTimeSchedule,
     CronTriggerTimetable,
     Param,
@@ -41,9 +41,13 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from fraud_lib import assets
+
 log = logging.getLogger("fraudloop.dags.fraud_retrain")
 
-DRIFT_ASSET = Asset(name="fraudloop_drift", uri="fraudloop://drift/fraud-detector")
+
+DRIFT_ASSET = assets.airflow_asset(assets.DRIFT)
+PERFORMANCE_ASSET = assets.airflow_asset(assets.PERFORMANCE)
 
 IO_RETRIES: dict[str, Any] = {
     "retries": 3,
@@ -79,7 +83,7 @@ def _param(params: dict[str, Any], name: str, default: Any) -> Any:
     dag_id="fraud_retrain",
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable("0 0 * * 1", timezone="UTC", interval=timedelta(days=7)),
-        assets=[DRIFT_ASSET],
+        assets=(DRIFT_ASSET | PERFORMANCE_ASSET),
     ),
     start_date=datetime(2024, 1, 1),
     catchup=False,

@@ -29,6 +29,16 @@ SCORE_SHIFT_THRESHOLD = 0.1  # score PSI that is drift
 ALERT_SMTP_SECURITY = ("starttls", "ssl", "none")
 # Masked in describe(): a webhook URL usually carries its token in the path.
 SECRET_FIELDS = ("admin_token", "alert_webhook_url", "alert_smtp_password")
+# Metrics the performance monitor can watch (all higher-is-better, in [0, 1]); shared by the
+# settings, the CLI, the fraud_performance_monitor DAG's Params and fraud_lib.monitoring.
+PERFORMANCE_METRICS = (
+    "average_precision",
+    "roc_auc",
+    "precision",
+    "recall",
+    "f1",
+    "card_precision_at_k",
+)
 
 
 def _get(env: Mapping[str, str], name: str, default: str) -> str:
@@ -177,6 +187,13 @@ class Settings:
     public_airflow_url: str
     min_timestamp: datetime
     max_clock_skew_seconds: float
+    label_window_days: int
+    performance_lookback_days: int
+    performance_eval_days: int
+    performance_metric: str
+    performance_tolerance: float
+    analyst_capacity: int
+    entity_key: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -227,6 +244,13 @@ class Settings:
             max_clock_skew_seconds=_float(
                 env, "FRAUD_MAX_CLOCK_SKEW_SECONDS", DEFAULT_MAX_CLOCK_SKEW_SECONDS
             ),
+            label_window_days=_int(env, "FRAUD_LABEL_WINDOW_DAYS", 30),
+            performance_lookback_days=_int(env, "FRAUD_PERFORMANCE_LOOKBACK_DAYS", 45),
+            performance_eval_days=_int(env, "FRAUD_PERFORMANCE_EVAL_DAYS", 7),
+            performance_metric=_get(env, "FRAUD_PERFORMANCE_METRIC", "average_precision"),
+            performance_tolerance=_float(env, "FRAUD_PERFORMANCE_TOLERANCE", 0.05),
+            analyst_capacity=_int(env, "FRAUD_ANALYST_CAPACITY", 100),
+            entity_key=_get(env, "FRAUD_ENTITY_KEY", ""),
         )
         if overrides:
             settings = replace(settings, **overrides)
@@ -254,12 +278,38 @@ class Settings:
                 "FRAUD_TRAIN_WINDOW_DAYS must be larger than FRAUD_EVAL_WINDOW_DAYS (>= 1)"
             )
         TimestampBounds(self.min_timestamp, self.max_clock_skew_seconds)  # ConfigError if unusable
+        self._validate_performance()
 
     @property
     def timestamp_bounds(self) -> TimestampBounds:
         """The range every incoming timestamp must fall in (FRAUD_MIN_TIMESTAMP, now +
         FRAUD_MAX_CLOCK_SKEW_SECONDS)."""
         return TimestampBounds(self.min_timestamp, self.max_clock_skew_seconds)
+
+    def _validate_performance(self) -> None:
+        """The performance monitor's settings (also given as CLI options and DAG Params)."""
+        if self.performance_metric not in PERFORMANCE_METRICS:
+            raise ConfigError(
+                f"performance metric (FRAUD_PERFORMANCE_METRIC) {self.performance_metric!r} is "
+                f"unknown; use one of {', '.join(PERFORMANCE_METRICS)}"
+            )
+        checks = (
+            ("label window (FRAUD_LABEL_WINDOW_DAYS)", self.label_window_days, 0, 365),
+            ("evaluation days (FRAUD_PERFORMANCE_EVAL_DAYS)", self.performance_eval_days, 1, 90),
+            ("lookback (FRAUD_PERFORMANCE_LOOKBACK_DAYS)", self.performance_lookback_days, 2, 730),
+            ("tolerance (FRAUD_PERFORMANCE_TOLERANCE)", self.performance_tolerance, 0, 1),
+            ("analyst capacity k (FRAUD_ANALYST_CAPACITY)", self.analyst_capacity, 1, 1_000_000),
+        )
+        for what, value, low, high in checks:
+            if not low <= value <= high:  # NaN fails too
+                raise ConfigError(f"{what} must be between {low} and {high}; got {value}")
+        needed = self.label_window_days + self.performance_eval_days
+        if self.performance_lookback_days < needed:
+            raise ConfigError(
+                f"lookback (FRAUD_PERFORMANCE_LOOKBACK_DAYS) {self.performance_lookback_days} "
+                f"must cover the label window plus the evaluation days ({needed}), or no "
+                "cohort is ever mature enough to compare"
+            )
 
     @property
     def embedded_postgres(self) -> bool:

@@ -22,24 +22,28 @@ def log_to_run(
     artifacts: tuple[str | Path, ...] = (),
     artifact_dir: str | None = None,
     finish: bool = False,
+    kind: str = "retrain",
+    timestamp_ms: int | None = None,
 ) -> str:
-    """Log to the MLflow run of this retraining run (one per ``run_key``, created on first
-    use, reused by re-runs); returns its run id. Metrics that are None/NaN are left out."""
+    """Log to the MLflow run of this ``kind`` of run (a retraining run by default; one per
+    ``run_key``, created on first use, reused by re-runs); returns its run id. Metrics that are
+    None/NaN are left out. With ``timestamp_ms`` (e.g. the run's as-of time) a re-run logs the
+    very same metric points, which MLflow stores once."""
     from mlflow.entities import Metric, RunTag
 
     experiment_id = registry.ensure_experiment(settings)
     c = registry.client(settings)
     found = c.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`fraudloop.kind` = 'retrain'",
+        filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`fraudloop.kind` = '{kind}'",
         max_results=1,
     )
     if found:
         run_id = found[0].info.run_id
     else:
-        tags0 = {RUN_KEY_TAG: run_key, "fraudloop.kind": "retrain"}
-        run_id = c.create_run(experiment_id, tags=tags0, run_name=f"retrain-{run_key}").info.run_id
-    now = int(time.time() * 1000)
+        tags0 = {RUN_KEY_TAG: run_key, "fraudloop.kind": kind}
+        run_id = c.create_run(experiment_id, tags=tags0, run_name=f"{kind}-{run_key}").info.run_id
+    now = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
     good = {
         k: float(v)
         for k, v in (metrics or {}).items()

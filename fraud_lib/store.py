@@ -1,5 +1,6 @@
 """Postgres tables and writes: predictions (the log), labels, model_events (decision history),
 alert_log (alert deduplication, written by :mod:`fraud_lib.monitoring.alerts`).
+performance_cohorts (realized performance per scoring day).
 Windows of the log are read back by :mod:`fraud_lib.logged`.
 
 SQLAlchemy 2 Core; every session runs with ``TimeZone=UTC``, so naive datetimes passed in are
@@ -118,6 +119,26 @@ alert_log_table = sa.Table(
     sa.Column("last_status", sa.Text, nullable=False),
     sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
 )
+# One row per performance-monitor run (as_of), scoring day and served model version; written
+# by fraud_lib.monitoring.performance (upsert on the key, so a re-run rewrites its own rows).
+performance_cohorts = sa.Table(
+    "performance_cohorts",
+    metadata,
+    sa.Column("as_of", TZ, primary_key=True),
+    sa.Column("cohort_day", sa.Date, primary_key=True),
+    sa.Column("model_version", sa.Text, primary_key=True),
+    sa.Column("mature", sa.Boolean, nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("labeled", sa.Integer, nullable=False),
+    sa.Column("frauds", sa.Integer, nullable=False),
+    sa.Column("label_coverage", sa.Double, nullable=False),
+    *(sa.Column(c, sa.Double) for c in ("threshold", "alert_rate", "average_precision",
+                                         "roc_auc", "precision", "recall", "f1",
+                                         "card_precision_at_k", "expected_cost")),
+    sa.Column("k", sa.Integer, nullable=False),
+    sa.Column("written_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.Index("ix_performance_cohorts_version_day", "model_version", "cohort_day"),
+)  # fmt: skip
 
 # Fields of a prediction row given to insert_predictions, with their COPY types.
 _PRED_TYPES = (

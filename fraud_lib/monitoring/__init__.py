@@ -5,6 +5,7 @@ This package owns what happens after a model is served: :mod:`fraud_lib.monitori
 caller uses, :func:`~fraud_lib.monitoring.alerts.notify` with deduplication in Postgres),
 :mod:`fraud_lib.monitoring.sinks` (webhook and SMTP delivery with retries) and
 :mod:`fraud_lib.monitoring.events` (one builder per event: the text, the numbers, the links).
-Drift detection itself stays in :mod:`fraud_lib.drift`; Prometheus alerting rules for the
+Realized performance by scoring-day cohort as labels mature is
+:mod:`fraud_lib.monitoring.performance`. Drift detection itself stays in :mod:`fraud_lib.drift`; Prometheus alerting rules for the
 scoring service are in ``deploy/prometheus/alerts.yml``.
 """

@@ -1,4 +1,4 @@
-"""DAG integrity: Airflow's own loader finds both DAGs without import errors, as declared
+"""DAG integrity: Airflow's own loader finds the DAGs without import errors, as declared
 (tags, owners, retries, schedules, Params), and each file parses fast with no heavy imports."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER
 
 pytestmark = AIRFLOW_WARNING_FILTERS
 
-DAG_IDS = {"fraud_retrain", "fraud_drift_monitor"}
+DAG_IDS = {"fraud_retrain", "fraud_drift_monitor", "fraud_performance_monitor"}
 IO_TASKS = {"fraud_retrain": {"ingest_labeled", "evaluate", "promote"}}
 HEAVY_MODULES = (
     "pandas",
@@ -31,7 +31,7 @@ HEAVY_MODULES = (
 )
 
 
-def test_dagbag_loads_both_dags_without_import_errors(dagbag):
+def test_dagbag_loads_every_dag_without_import_errors(dagbag):
     assert dagbag.import_errors == {}
     assert set(dagbag.dag_ids) == DAG_IDS
 
@@ -66,21 +66,44 @@ def test_retrain_tasks_and_order(dagbag):
         assert after in dag.get_task(before).downstream_task_ids
 
 
-def test_retrain_schedule_is_weekly_or_the_drift_asset(dagbag):
+def test_retrain_schedule_is_weekly_or_the_drift_or_the_performance_asset(dagbag):
     from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+    from airflow.sdk.definitions.asset import AssetAny
 
-    retrain, monitor = dagbag.dags["fraud_retrain"], dagbag.dags["fraud_drift_monitor"]
+    from fraud_lib import assets
+
+    retrain = dagbag.dags["fraud_retrain"]
+    drift, performance = (dagbag.dags[d] for d in ("fraud_drift_monitor",
+                                                    "fraud_performance_monitor"))  # fmt: skip
     schedule = retrain.timetable
     assert isinstance(schedule, AssetOrTimeSchedule)
     assert isinstance(schedule.timetable, CronTriggerTimetable)
     assert schedule.timetable.expression == "0 0 * * 1"  # Mondays 00:00 UTC
-    (outlet,) = monitor.get_task("emit_drift_event").outlets
-    assert [a.uri for a in schedule.asset_condition.objects] == [outlet.uri]
-    assert isinstance(monitor.timetable, CronTriggerTimetable)
-    assert monitor.timetable.expression == "0 0 * * *"
-    # The DAG list shows only the asset: the docs state the cron actually used, Airflow 3 words
+    assert isinstance(schedule.asset_condition, AssetAny)  # either asset alone starts a run
+    (drift_outlet,) = drift.get_task("emit_drift_event").outlets
+    (perf_outlet,) = performance.get_task("emit_performance_event").outlets
+    assert [a.uri for a in schedule.asset_condition.objects] == [drift_outlet.uri, perf_outlet.uri]
+    assert [drift_outlet.name, perf_outlet.name] == [assets.DRIFT, assets.PERFORMANCE]
+    for monitor in (drift, performance):
+        assert isinstance(monitor.timetable, CronTriggerTimetable)
+        assert monitor.timetable.expression == "0 0 * * *"
+    # The DAG list shows only the assets: the docs state the cron actually used, Airflow 3 words
     assert f"cron `{schedule.timetable.expression}`" in retrain.doc_md
     assert "**Trigger**" in retrain.doc_md and "w/ config" not in retrain.doc_md
+
+
+def test_performance_monitor_params_share_the_metric_list(dagbag):
+    from fraud_lib.config import PERFORMANCE_METRICS
+
+    dag = dagbag.dags["fraud_performance_monitor"]
+    assert [t.task_id for t in dag.tasks] == ["measure_cohorts", "emit_performance_event"]
+    params = dag.params
+    assert set(params.dump()) == {"label_window_days", "lookback_days", "eval_days", "metric",
+                                  "tolerance", "k"}  # fmt: skip
+    assert all(v is None for v in params.dump().values())  # empty: the FRAUD_* settings
+    assert params.get_param("metric").schema["enum"] == [None, *PERFORMANCE_METRICS]
+    for name in params.dump():
+        assert len(params.get_param(name).description) > 20, name
 
 
 def test_retrain_params_are_declared_with_descriptions(dagbag):
