@@ -85,8 +85,8 @@ class FeatureSchema:
             raise ConfigError(
                 f"schema file {p} does not exist; pass --schema with a JSON or YAML file"
             )
-        text = p.read_text()
         try:
+            text = p.read_text(encoding="utf-8")
             if p.suffix.lower() in (".yaml", ".yml"):
                 import yaml
 

@@ -9,6 +9,7 @@ a problem goes through the per-record checks, which name each bad field.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -27,9 +28,28 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from fraud_lib.schema import FeatureSchema
 from serving.request_body import BulkBody
 
+# The rules below are also what the OpenAPI document (serving.openapi) says: one definition.
 MAX_ID_LENGTH = 200
 MAX_FIELD_ERRORS = 50
 JSON_TYPES = ("application/json",)
+LABEL_VALUES = (0, 1)
+TIMESTAMP_EXAMPLE = "2024-05-01T12:00:00Z"
+
+
+@functools.lru_cache(maxsize=16)
+def optional_fields(schema: FeatureSchema) -> dict[str, str]:
+    """The fields a transaction may carry besides the model's columns, with the rule of each:
+    ``"id"`` (``transaction_id``: a string or an integer, or null to get one generated),
+    ``"time"`` (``event_time`` and the time column: a finite number or null; ``event_time``
+    wins) and ``"ignored"`` (the label and id columns: any value). A model column named like
+    one of them keeps its column's rule."""
+    fields = {"transaction_id": "id", "event_time": "time"}
+    fields.setdefault(schema.time, "time")
+    for ignored in (schema.label, schema.id):
+        if ignored:
+            fields.setdefault(ignored, "ignored")
+    columns = set(schema.model_columns)
+    return {name: rule for name, rule in fields.items() if name not in columns}
 
 
 class ApiError(Exception):
@@ -147,6 +167,8 @@ def _list_payload(payload: Any, key: str, max_items: int, item: str) -> list[Any
 def _id_error(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int):
         return "must be a string"
+    if isinstance(value, int) and len(str(value)) > MAX_ID_LENGTH:  # taken as its digits
+        return f"must be 1 to {MAX_ID_LENGTH} characters (an integer: digits)"
     if isinstance(value, str) and not 0 < len(value) <= MAX_ID_LENGTH:
         return f"must be 1 to {MAX_ID_LENGTH} characters"
     if isinstance(value, str) and "\x00" in value:  # Postgres text cannot hold it
@@ -185,7 +207,7 @@ def _fast_matrix(items: list[Any], schema: FeatureSchema) -> np.ndarray | None:
     (the caller then names it field by field)."""
     features = schema.features
     width = len(features)
-    extras = {"transaction_id", "event_time", schema.time, schema.label, schema.id} - {None}
+    extras = optional_fields(schema).keys()
     get = itemgetter(*features)
     rows = []
     try:
@@ -337,11 +359,11 @@ LABEL_FIELDS = frozenset({"transaction_id", "label", "labeled_at"})
 
 def _timestamp(value: Any) -> tuple[datetime | None, str | None]:
     if not isinstance(value, str):
-        return None, "must be an ISO-8601 timestamp string, e.g. 2024-05-01T12:00:00Z"
+        return None, f"must be an ISO-8601 timestamp string, e.g. {TIMESTAMP_EXAMPLE}"
     try:
         ts = datetime.fromisoformat(value)
     except ValueError:
-        return None, "is not an ISO-8601 timestamp, e.g. 2024-05-01T12:00:00Z"
+        return None, f"is not an ISO-8601 timestamp, e.g. {TIMESTAMP_EXAMPLE}"
     return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)), None
 
 
@@ -372,7 +394,7 @@ def validate_labels(payload: Any, max_batch: int) -> list[dict[str, Any]]:
         label = item.get("label")
         if "label" not in item:
             errors[f"{prefix}.label"] = "missing"
-        elif isinstance(label, bool) or label not in (0, 1) or not isinstance(label, int):
+        elif isinstance(label, bool) or label not in LABEL_VALUES or not isinstance(label, int):
             errors[f"{prefix}.label"] = "must be 0 or 1"
         labeled_at = None
         if item.get("labeled_at") is not None:
