@@ -34,12 +34,11 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": REF.format(name=name)}
 
 
-def _id_schemas() -> list[dict[str, Any]]:
-    text = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": NO_NUL}
-    number = {"type": "integer", "minimum": -(10 ** (MAX_ID_LENGTH - 1) - 1),
-              "maximum": 10**MAX_ID_LENGTH - 1,
-              "description": f"taken as its decimal string (at most {MAX_ID_LENGTH} characters)"}  # fmt: skip
-    return [text, number]
+def _id_schema() -> dict[str, Any]:
+    """A transaction id. The validators also take a JSON integer (as its decimal string):
+    JSON Schema cannot tell ``478`` from ``478.0``, which they refuse, so the document
+    describes the string only."""
+    return {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": NO_NUL}
 
 
 def _finite(description: str) -> dict[str, Any]:
@@ -52,9 +51,10 @@ def transaction_schema(schema: FeatureSchema) -> dict[str, Any]:
         c: _finite("a model feature; a finite number") for c in schema.features
     }
     for col in schema.categorical:
-        props[col] = {"type": ["string", "integer"], "description": "a categorical model feature"}
+        props[col] = {"type": "string", "description": "a categorical model feature (an "
+                      "integer is taken as its decimal string)"}  # fmt: skip
     rules = {
-        "id": {"anyOf": [*_id_schemas(), {"type": "null"}],
+        "id": {"anyOf": [_id_schema(), {"type": "null"}],
                "description": "unique within a batch; generated when absent or null"},
         "time": {"anyOf": [FINITE, {"type": "null"}],
                  "description": "event time in seconds (event_time wins over the time column)"},
@@ -88,7 +88,7 @@ def label_schema() -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
-            "transaction_id": {"anyOf": _id_schemas()},
+            "transaction_id": _id_schema(),
             "label": {"enum": list(LABEL_VALUES), "description": "1: fraud, 0: genuine"},
             "labeled_at": {
                 "type": ["string", "null"],
