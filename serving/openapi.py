@@ -130,7 +130,7 @@ BODY_ERRORS = {
 }
 
 
-def _paths(schema: FeatureSchema) -> dict[str, Any]:
+def _api_paths(schema: FeatureSchema) -> dict[str, Any]:
     one = _example(schema)
     score_body = {"oneOf": [_ref("Transaction"), _ref("TransactionBatch")]}
     examples = {"one": {"value": one}, "batch": {"value": {"transactions": [one]}}}
@@ -163,6 +163,11 @@ def _paths(schema: FeatureSchema) -> dict[str, Any]:
             "responses": _responses("the served model", _ref("ModelInfo"),
                                     {503: "no model is loaded"}),
         }},
+    }  # fmt: skip
+
+
+def _ops_paths() -> dict[str, Any]:
+    return {
         "/healthz": {"get": {
             "summary": "The process is alive",
             "operationId": "healthz",
@@ -227,7 +232,7 @@ def build_document(schema: FeatureSchema, max_batch: int) -> dict[str, Any]:
                 "Interactive page: /docs."
             ),
         },
-        "paths": _paths(schema),
+        "paths": {**_api_paths(schema), **_ops_paths()},
         "components": _components(schema, max_batch),
     }
 

@@ -110,6 +110,7 @@ def unique_ids(body: Any) -> None:
 
 def test_schemathesis_fuzz_of_the_gunicorn_service(start_service, pg_engine):
     service = start_service(workers=2, FRAUD_MAX_BATCH=str(MAX_BATCH))
+    workers = sorted(service.worker_pids())
     document = requests.get(service.url + "/openapi.json", timeout=10).json()
     schema = schemathesis.openapi.from_dict(document)
     fuzz = Fuzz(service.url, document)
@@ -128,6 +129,7 @@ def test_schemathesis_fuzz_of_the_gunicorn_service(start_service, pg_engine):
             assert fuzz.sent[f"{label} {mode}"] >= CASES, (label, mode, fuzz.sent)
     assert fuzz.statuses[("POST /v1/score positive", 200)] >= CASES
     assert requests.get(service.url + "/readyz", timeout=10).status_code == 200
+    assert sorted(service.worker_pids()) == workers  # no worker died or was replaced
     reload = operations["/admin/reload"].Case(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     response = reload.call(base_url=service.url, timeout=30)
     assert response.status_code == 200  # the generated tokens were all wrong: 401
