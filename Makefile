@@ -13,7 +13,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export OMP_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install system-deps demo test lint airflow serve bench clean lock
+.PHONY: help install system-deps demo test lint airflow serve openapi bench clean lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ airflow: install  ## start a local Airflow 3 UI on the project's DAGs (Ctrl-C st
 
 serve: install  ## run the scoring service on 127.0.0.1:8000
 	$(BIN)/fraud serve
+
+openapi: install  ## rewrite docs/openapi.json (the scoring API's document for the ULB schema)
+	$(BIN)/fraud openapi --out docs/openapi.json
 
 bench: install  ## run the serving, retraining and performance-monitor benchmarks (bench/results/*.json)
 	$(BIN)/python bench/bench_serving.py

@@ -147,7 +147,7 @@ def _register_request_metrics(app: Flask, metrics: Metrics) -> None:
 def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask:
     """Build the app. ``settings`` default: :meth:`Settings.from_env`. With ``start`` (the
     default) the champion is loaded and the background threads run before this returns."""
-    from serving import api, ops
+    from serving import api, docs, ops
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -159,6 +159,8 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
     _register_request_metrics(app, state.metrics)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(docs.bp)
+    app.register_blueprint(docs.swagger_ui())
     if start:
         state.start()
         atexit.register(state.close)

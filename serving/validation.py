@@ -9,6 +9,7 @@ a problem goes through the per-record checks, which name each bad field.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -32,6 +33,24 @@ MAX_FIELD_ERRORS = 50
 # What a 5xx body says instead of exception text, paths or URLs (which go to the server log).
 SEE_LOG = "the server log has the details"
 JSON_TYPES = ("application/json",)
+LABEL_VALUES = (0, 1)
+TIMESTAMP_EXAMPLE = "2024-05-01T12:00:00Z"
+
+
+@functools.lru_cache(maxsize=16)
+def optional_fields(schema: FeatureSchema) -> dict[str, str]:
+    """The fields a transaction may carry besides the model's columns, with the rule of each:
+    ``"id"`` (``transaction_id``: a string or an integer, or null to get one generated),
+    ``"time"`` (``event_time`` and the time column: a finite number or null; ``event_time``
+    wins) and ``"ignored"`` (the label and id columns: any value). A model column named like
+    one of them keeps its column's rule."""
+    fields = {"transaction_id": "id", "event_time": "time"}
+    fields.setdefault(schema.time, "time")
+    for ignored in (schema.label, schema.id):
+        if ignored:
+            fields.setdefault(ignored, "ignored")
+    columns = set(schema.model_columns)
+    return {name: rule for name, rule in fields.items() if name not in columns}
 
 
 class ApiError(Exception):
@@ -177,7 +196,7 @@ def _fast_matrix(items: list[Any], schema: FeatureSchema) -> np.ndarray | None:
     (the caller then names it field by field)."""
     features = schema.features
     width = len(features)
-    extras = {"transaction_id", "event_time", schema.time, schema.label, schema.id} - {None}
+    extras = optional_fields(schema).keys()
     get = itemgetter(*features)
     rows = []
     try:
@@ -355,7 +374,7 @@ def validate_labels(payload: Any, max_batch: int, bounds: TimestampBounds) -> li
         label = item.get("label")
         if "label" not in item:
             errors[f"{prefix}.label"] = "missing"
-        elif isinstance(label, bool) or label not in (0, 1) or not isinstance(label, int):
+        elif isinstance(label, bool) or label not in LABEL_VALUES or not isinstance(label, int):
             errors[f"{prefix}.label"] = "must be 0 or 1"
         labeled_at = None
         if item.get("labeled_at") is not None:

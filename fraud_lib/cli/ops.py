@@ -1,4 +1,5 @@
-"""Operations commands: the embedded ``db``, ``serve``, ``airflow``, ``retrain`` and ``demo``."""
+"""Operations commands: the embedded ``db``, ``serve``, ``openapi``, ``airflow``, ``retrain``
+and ``demo``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import click
 
 from fraud_lib.cli.base import _engine, _settings, cli, say
 from fraud_lib.config import Settings
-from fraud_lib.errors import FraudError
+from fraud_lib.errors import ConfigError, FraudError
 from fraud_lib.redact import redact
 
 
@@ -102,6 +103,41 @@ def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
+
+
+@cli.command("openapi")
+@click.option(
+    "--schema",
+    "schema_path",
+    default="",
+    help="The model's schema file (JSON or YAML); default: ULB.",
+)
+@click.option(
+    "--out",
+    default="-",
+    show_default=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Where to write the document ('-': standard output).",
+)
+def openapi_cmd(schema_path: str, out: str) -> None:
+    """Write the OpenAPI 3.1 document of the scoring API for a schema and the default limits.
+
+    A running service serves the document of its own model and limits at /openapi.json;
+    `make openapi` rewrites the checked-in docs/openapi.json with this command.
+    """
+    from fraud_lib.schema import FeatureSchema
+    from serving.openapi import build_document, encode
+
+    limits = Settings.from_env({})
+    body = encode(build_document(FeatureSchema.load(schema_path), limits.max_batch))
+    if out == "-":
+        sys.stdout.buffer.write(body)
+        return
+    try:
+        Path(out).write_bytes(body)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror}; pass a writable --out") from None
+    say(f"wrote {out}")
 
 
 # ------------------------------------------------------------------------------ airflow

@@ -1,0 +1,242 @@
+"""The OpenAPI 3.1 document of the scoring API, built from the types that validate and answer.
+
+Request bodies come from the served model's :class:`~fraud_lib.schema.FeatureSchema` (one
+property per model column) and the validation rules of :mod:`serving.validation`
+(:data:`~serving.validation.MAX_ID_LENGTH`, the batch limit, finite numbers, labels 0/1, the
+optional fields of :func:`~serving.validation.optional_fields`); response bodies from the
+msgspec Structs of :mod:`serving.api` and :mod:`serving.responses` through
+``msgspec.json.schema_components``. The service serves the document of its model at
+``/openapi.json``; ``docs/openapi.json`` is the one of the default ULB schema and limits,
+rewritten by ``fraud openapi`` (``make openapi``) and compared with a fresh build by the tests.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import version
+from typing import Any
+
+import msgspec
+
+from fraud_lib.schema import FeatureSchema
+from serving import responses
+from serving.api import BatchPredictions, SinglePrediction
+from serving.validation import LABEL_VALUES, MAX_ID_LENGTH, TIMESTAMP_EXAMPLE, optional_fields
+
+OPENAPI_VERSION = "3.1.0"
+TITLE = "fraudloop scoring API"
+REF = "#/components/schemas/{name}"
+FINITE = {"type": "number", "minimum": -sys.float_info.max, "maximum": sys.float_info.max}
+NO_NUL = "^[^\\u0000]*$"  # Postgres text cannot hold NUL
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(name=name)}
+
+
+def _id_schema() -> dict[str, Any]:
+    """A transaction id. The validators also take a JSON integer (as its decimal string):
+    JSON Schema cannot tell ``478`` from ``478.0``, which they refuse, so the document
+    describes the string only."""
+    return {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": NO_NUL}
+
+
+def _finite(description: str) -> dict[str, Any]:
+    return {**FINITE, "description": description}
+
+
+def transaction_schema(schema: FeatureSchema) -> dict[str, Any]:
+    """The JSON Schema of one transaction for a model with ``schema``."""
+    props: dict[str, Any] = {
+        c: _finite("a model feature; a finite number") for c in schema.features
+    }
+    for col in schema.categorical:
+        props[col] = {"type": "string", "description": "a categorical model feature (an "
+                      "integer is taken as its decimal string)"}  # fmt: skip
+    rules = {
+        "id": {"anyOf": [_id_schema(), {"type": "null"}],
+               "description": "unique within a batch; generated when absent or null"},
+        "time": {"anyOf": [FINITE, {"type": "null"}],
+                 "description": "event time in seconds (event_time wins over the time column)"},
+        "ignored": {"description": "accepted and ignored (the label and id columns)"},
+    }  # fmt: skip
+    for name, rule in optional_fields(schema).items():
+        props[name] = rules[rule]
+    return {
+        "type": "object",
+        "description": "One transaction: every model column, nothing unknown.",
+        "properties": props,
+        "required": list(schema.model_columns),
+        "additionalProperties": False,
+    }
+
+
+def _batch(item: str, key: str, max_batch: int, note: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": f"Up to {max_batch} {key} (FRAUD_MAX_BATCH; more: 413). {note}",
+        "properties": {
+            key: {"type": "array", "items": _ref(item), "minItems": 1, "maxItems": max_batch}
+        },
+        "required": [key],
+        "additionalProperties": False,
+    }
+
+
+def label_schema() -> dict[str, Any]:
+    """The JSON Schema of one label of ``POST /v1/labels``."""
+    return {
+        "type": "object",
+        "properties": {
+            "transaction_id": _id_schema(),
+            "label": {"enum": list(LABEL_VALUES), "description": "1: fraud, 0: genuine"},
+            "labeled_at": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": f"ISO 8601, e.g. {TIMESTAMP_EXAMPLE}; without an offset: UTC; "
+                "absent or null: now",
+            },
+        },
+        "required": ["transaction_id", "label"],
+        "additionalProperties": False,
+    }
+
+
+def _example(schema: FeatureSchema) -> dict[str, Any]:
+    row: dict[str, Any] = {"transaction_id": "t-1"}
+    row.update(dict.fromkeys(schema.features, 0.5))
+    row.update(dict.fromkeys(schema.categorical, "a"))
+    return row
+
+
+def _json(schema: Any, example: Any = None) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return {"application/json": media}
+
+
+def _responses(ok: str, ok_schema: Any, errors: dict[int, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"200": {"description": ok, "content": _json(ok_schema)}}
+    for status, why in errors.items():
+        out[str(status)] = {"description": why, "content": _json(_ref("ErrorBody"))}
+    return out
+
+
+BODY_ERRORS = {
+    400: "invalid JSON or a field that fails validation (`fields` names each)",
+    413: "the body (FRAUD_MAX_BODY_BYTES) or the batch (FRAUD_MAX_BATCH) is too large",
+    415: "the body is not sent as application/json",
+}
+
+
+def _api_paths(schema: FeatureSchema) -> dict[str, Any]:
+    one = _example(schema)
+    score_body = {"oneOf": [_ref("Transaction"), _ref("TransactionBatch")]}
+    examples = {"one": {"value": one}, "batch": {"value": {"transactions": [one]}}}
+    unavailable = {503: "no model is loaded, or the prediction could not be logged"}
+    return {
+        "/v1/score": {"post": {
+            "summary": "Score one transaction or a batch",
+            "operationId": "score",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": score_body, "examples": examples}}},
+            "responses": _responses(
+                "the predictions, logged before this answer",
+                {"oneOf": [_ref("SinglePrediction"), _ref("BatchPredictions")]},
+                {**BODY_ERRORS, **unavailable},
+            ),
+        }},
+        "/v1/labels": {"post": {
+            "summary": "Upsert labels (idempotent); unknown transaction ids are reported back",
+            "operationId": "labels",
+            "requestBody": {"required": True, "content": _json(
+                _ref("LabelBatch"),
+                {"labels": [{"transaction_id": "t-1", "label": 1, "labeled_at": TIMESTAMP_EXAMPLE}]},
+            )},
+            "responses": _responses("what was stored", _ref("LabelsResult"),
+                                    {**BODY_ERRORS, 503: "Postgres cannot be reached; retry"}),
+        }},
+        "/v1/model": {"get": {
+            "summary": "The served model: version, threshold, training metrics, schema",
+            "operationId": "model",
+            "responses": _responses("the served model", _ref("ModelInfo"),
+                                    {503: "no model is loaded"}),
+        }},
+    }  # fmt: skip
+
+
+def _ops_paths() -> dict[str, Any]:
+    return {
+        "/healthz": {"get": {
+            "summary": "The process is alive",
+            "operationId": "healthz",
+            "responses": {"200": {"description": "alive", "content": _json(_ref("Health"))}},
+        }},
+        "/readyz": {"get": {
+            "summary": "Ready to score: a model is loaded and the prediction log takes records",
+            "operationId": "readyz",
+            "responses": {
+                status: {"description": why, "content": _json(_ref("Readiness"))}
+                for status, why in (("200", "ready"), ("503", "not ready; `reasons` says why"))
+            },
+        }},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics of this worker",
+            "operationId": "metrics",
+            "responses": {"200": {"description": "the Prometheus text format",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }},
+        "/admin/reload": {"post": {
+            "summary": "Check the registry for a new champion now, in the worker that answers",
+            "operationId": "reload",
+            "security": [{"adminToken": []}],
+            "responses": _responses("what the check did", _ref("ReloadResult"), {
+                401: "the admin token is missing or wrong",
+                503: "admin endpoints are disabled (FRAUD_ADMIN_TOKEN is not set)",
+            }),
+        }},
+    }  # fmt: skip
+
+
+def _components(schema: FeatureSchema, max_batch: int) -> dict[str, Any]:
+    structs = (SinglePrediction, BatchPredictions, responses.ErrorBody, responses.LabelsResult,
+               responses.ModelInfo, responses.Health, responses.Readiness, responses.ReloadResult)  # fmt: skip
+    _, schemas = msgspec.json.schema_components(structs, ref_template=REF)
+    schemas["Transaction"] = transaction_schema(schema)
+    schemas["TransactionBatch"] = _batch(
+        "Transaction", "transactions", max_batch, "Transaction ids must be unique in a batch."
+    )
+    schemas["Label"] = label_schema()
+    schemas["LabelBatch"] = _batch("Label", "labels", max_batch, "The last label of an id wins.")
+    return {
+        "schemas": dict(sorted(schemas.items())),
+        "securitySchemes": {"adminToken": {
+            "type": "http", "scheme": "bearer",
+            "description": "the service's FRAUD_ADMIN_TOKEN"}},
+    }  # fmt: skip
+
+
+def build_document(schema: FeatureSchema, max_batch: int) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the service scoring with ``schema``, batches up to
+    ``max_batch``."""
+    columns = len(schema.model_columns)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": TITLE,
+            "version": version("fraudloop"),
+            "description": (
+                f"Scores card transactions with the MLflow `champion` model ({columns} feature "
+                'columns). Every error is `{"error": {"code", "message", "fields"}}`. '
+                "Interactive page: /docs."
+            ),
+        },
+        "paths": {**_api_paths(schema), **_ops_paths()},
+        "components": _components(schema, max_batch),
+    }
+
+
+def encode(document: dict[str, Any]) -> bytes:
+    """``document`` as the stable, indented JSON of the checked-in file."""
+    return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
