@@ -32,7 +32,7 @@ from fraud_lib import logged, promotion, registry, store
 from fraud_lib.config import Settings
 from fraud_lib.drift import drift_report
 from fraud_lib.errors import DataError, FraudError
-from fraud_lib.monitoring import events
+from fraud_lib.monitoring import dashboard, events
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.window import read_window, split_window, window_digest
 
@@ -128,6 +128,7 @@ def drift_monitor(
     name = f"fraud_drift_monitor__{run_key}"
     summary = _drift_vs_champion(settings, champion, recent, name=name, label=None)
     events.alert_drift(settings, summary)
+    dashboard.add_drift(settings, summary, timestamp=interval_end, run_key=run_key)
     return {**summary, "start": start.isoformat(), "end": interval_end.isoformat()}
 
 

@@ -1,4 +1,5 @@
-"""Stopping a gunicorn master this process started (the demo, the benchmarks, the tests)."""
+"""Stopping processes this process started: a gunicorn master (the demo, the benchmarks, the
+tests) and a server run in its own process group (``fraud ui``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -31,3 +34,46 @@ def stop_master(proc: subprocess.Popen, timeout: float) -> None:
                 os.kill(pid, signal.SIGKILL)
         proc.kill()
         proc.wait(10)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM the process group led by ``proc`` and wait up to ``timeout`` s for ``proc``;
+    past that, SIGKILL the group. Members left after ``proc`` exited are stopped too."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # is any member of the group left?
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def run_group(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, stop_timeout: float = 10.0
+) -> int:
+    """Run ``argv`` in its own process group until it exits, or until this process gets
+    SIGTERM or SIGINT: then stop the whole group (:func:`stop_group`) and return 0.
+    Otherwise return the command's exit code. Call from the main thread."""
+    stop: list[int] = []
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for signum in handlers:
+        signal.signal(signum, lambda signum, frame: stop.append(signum))
+    try:
+        proc = subprocess.Popen(list(argv), env=None if env is None else dict(env),
+                                start_new_session=True)  # fmt: skip
+        try:
+            while not stop and proc.poll() is None:
+                time.sleep(0.1)
+        finally:
+            stop_group(proc, stop_timeout)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    return 0 if stop else proc.returncode
