@@ -40,8 +40,8 @@ def ui(ctx: click.Context, host: str, port: int) -> None:
     settings = _settings(ctx)
     if len(host) > 255 or not host.strip() or any(c.isspace() or c == "\0" for c in host):
         raise FraudError(f"--host {host[:80]!r} is not a host name or address")
-    project_id = dashboard.ensure_project(settings)
     _check_free(host, port)
+    project_id = dashboard.ensure_project(settings)
     exe = airflow_local.console_script("evidently")
     workspace = str(settings.evidently_workspace)
     shown = f"[{host}]" if ":" in host else host
