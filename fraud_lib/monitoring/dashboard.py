@@ -329,6 +329,8 @@ def _cohort_values(cohort: Mapping[str, Any]) -> tuple[datetime, str, dict[str, 
         if number is not None and not 0.0 <= number <= 1.0:
             raise ValueError(f"{name}={number} is outside [0, 1]")
         values[name] = number
+    share = values.pop("alert_rate")  # plotted in percent: shares of ~0.01 get unreadable ticks
+    values["alert_rate_percent"] = None if share is None else 100.0 * share
     volume = _number(cohort.get("volume"))
     if volume is not None and (volume < 0 or volume != int(volume)):
         raise ValueError(f"volume={volume} is not a count")

@@ -51,7 +51,7 @@ LABELS = {
     "average_precision": "average precision",
     "recall": "recall",
     "card_precision_at_k": "card precision at k",
-    "alert_rate": "alert rate",
+    "alert_rate_percent": "alert rate (%)",
     "volume": "predictions",
     "label_coverage": "label coverage",
 }
@@ -141,8 +141,8 @@ PANELS: list[tuple[str, str, str, list[_Series]]] = [
     ("Realized recall per cohort", "at the served threshold", "line", _cohort_series("recall")),
     ("Card precision at k per cohort", "precision among the k highest-scored per day (k = "
      "analyst capacity)", "line", _cohort_series("card_precision_at_k")),
-    ("Alert rate per cohort", "share of the day's predictions flagged as fraud", "line",
-     [_Series("alert rate", "alert_rate", PERFORMANCE)]),
+    ("Alert rate per cohort (%)", "share of the day's predictions flagged as fraud", "line",
+     [_Series("alert rate (%)", "alert_rate_percent", PERFORMANCE)]),
     ("Volume", "predictions per cohort, and predictions each drift check compared", "bar",
      [_Series("predictions per cohort", "volume", PERFORMANCE),
       _Series("predictions checked for drift", "predictions_checked", DRIFT_MONITOR)]),

@@ -177,8 +177,9 @@ def test_missing_or_nan_numbers_are_left_out(settings):
     )
     _, _, (snap,) = _snapshots(settings)
     assert str(snap.metadata["cohort_day"]) == "2026-11-01" and snapshot_id
-    assert {c for c, _ in _values(snap)} == {"model_version", "alert_rate", "volume",
+    assert {c for c, _ in _values(snap)} == {"model_version", "alert_rate_percent", "volume",
                                             "label_coverage"}  # fmt: skip
+    assert _values(snap)[("alert_rate_percent", "")] == pytest.approx(1.2)
 
 
 def test_a_broken_workspace_never_raises_from_the_hooks(settings, caplog, tmp_path):
