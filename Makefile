@@ -13,7 +13,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export OMP_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install system-deps demo test lint airflow serve openapi bench clean lock
+.PHONY: help install system-deps demo test lint airflow serve openapi ui bench clean lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the pinned dependencies (idempotent)
 
-system-deps:  ## install promtool and amtool (Debian packages) for the rule tests, if missing
+system-deps:  ## install promtool, amtool and chromium (Debian packages) for the tests, if missing
 	@bash scripts/system-deps.sh
 
 demo: install  ## run the whole loop on embedded Postgres, MLflow and Airflow
@@ -50,6 +50,9 @@ serve: install  ## run the scoring service on 127.0.0.1:8000
 
 openapi: install  ## rewrite docs/openapi.json (the scoring API's document for the ULB schema)
 	$(BIN)/fraud openapi --out docs/openapi.json
+
+ui: install  ## serve the monitoring dashboard (Evidently UI) on 127.0.0.1:8001 (Ctrl-C stops it)
+	$(BIN)/fraud ui
 
 bench: install  ## run the serving, retraining and performance-monitor benchmarks (bench/results/*.json)
 	$(BIN)/python bench/bench_serving.py

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -125,20 +124,4 @@ def run_standalone(env: dict[str, str], say: Callable[[str], None],
     stopped on the way out (:func:`fraud_lib.procs.stop_tree`). Returns its exit code, or 0
     when stopped by a signal.
     """
-    stop: list[str] = []
-    watched = (signal.SIGTERM, signal.SIGINT)
-    previous = {sig: signal.signal(sig, lambda n, _f: stop.append(signal.Signals(n).name))
-                for sig in watched}  # fmt: skip
-    try:
-        proc = subprocess.Popen([airflow_exe(), "standalone"], env=env, start_new_session=True)
-        while proc.poll() is None and not stop:
-            time.sleep(0.2)
-        if stop:
-            say(f"{stop[0]}: stopping Airflow's processes (SIGKILL after {grace:.0f} s)")
-        killed = procs.stop_tree(proc, grace)
-        if killed:
-            say(f"{killed} Airflow processes ignored SIGTERM for {grace:.0f} s: killed")
-        return 0 if stop else int(proc.returncode)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return procs.run_session([airflow_exe(), "standalone"], env, grace=grace, say=say)

@@ -146,6 +146,7 @@ class Settings:
     model_name: str
     schema_path: str
     reports_dir: Path
+    evidently_workspace_dir: str  # "" = <state_dir>/evidently (see evidently_workspace)
     threshold_rule: str
     target_precision: float
     cost_false_negative: float
@@ -214,6 +215,7 @@ class Settings:
             model_name=_get(env, "FRAUD_MODEL_NAME", "fraud-detector"),
             schema_path=_get(env, "FRAUD_SCHEMA", ""),
             reports_dir=Path(_get(env, "FRAUD_REPORTS_DIR", "drift_reports")).resolve(),
+            evidently_workspace_dir=_get(env, "FRAUD_EVIDENTLY_WORKSPACE", ""),
             threshold_rule=_get(env, "FRAUD_THRESHOLD_RULE", "f1"),
             target_precision=_float(env, "FRAUD_TARGET_PRECISION", 0.9),
             cost_false_negative=_float(env, "FRAUD_COST_FALSE_NEGATIVE", 100.0),
@@ -320,6 +322,13 @@ class Settings:
     def alert_smtp_recipients(self) -> tuple[str, ...]:
         """FRAUD_ALERT_SMTP_TO split on commas."""
         return tuple(a.strip() for a in self.alert_smtp_to.split(",") if a.strip())
+
+    @property
+    def evidently_workspace(self) -> Path:
+        """The monitoring dashboard's Evidently workspace (FRAUD_EVIDENTLY_WORKSPACE)."""
+        if self.evidently_workspace_dir:
+            return Path(self.evidently_workspace_dir).expanduser().resolve()
+        return self.state_dir / "evidently"
 
     @property
     def postgres_dir(self) -> Path:

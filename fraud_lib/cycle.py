@@ -34,7 +34,7 @@ from fraud_lib import logged, promotion, registry, store
 from fraud_lib.config import Settings
 from fraud_lib.drift import drift_report
 from fraud_lib.errors import DataError, FraudError
-from fraud_lib.monitoring import events
+from fraud_lib.monitoring import dashboard, events
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.window import read_window, split_window, window_digest
 
@@ -165,6 +165,7 @@ def drift_monitor(
         context={**(context or {}), "window": window},
     )
     events.alert_drift(settings, summary)
+    dashboard.add_drift(settings, summary, timestamp=interval_end, run_key=run_key)
     return {**summary, "start": start.isoformat(), "end": interval_end.isoformat()}
 
 

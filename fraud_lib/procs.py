@@ -1,5 +1,6 @@
 """Stopping processes this process started: a gunicorn master (the demo, the bench harness,
-the tests) and a whole process tree (``fraud airflow``). Linux: read from /proc."""
+the tests) and a whole process tree run in a session of its own (``fraud airflow``, ``fraud
+ui``). Linux: read from /proc."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -100,3 +102,30 @@ def stop_tree(proc: subprocess.Popen, grace: float) -> int:
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
     return killed
+
+
+def run_session(argv: Sequence[str], env: Mapping[str, str] | None = None, *, grace: float = 10.0,
+                say: Callable[[str], None] | None = None) -> int:  # fmt: skip
+    """Run ``argv`` in a session of its own until it exits, or until this process gets SIGTERM
+    or SIGINT; its whole tree is stopped on the way out (:func:`stop_tree`: SIGKILL for what
+    still runs ``grace`` s after SIGTERM). Returns its exit code, or 0 when stopped by a signal.
+    Call from the main thread."""
+    stop: list[str] = []
+    watched = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda n, _f: stop.append(signal.Signals(n).name))
+                for sig in watched}  # fmt: skip
+    name = Path(argv[0]).name
+    try:
+        proc = subprocess.Popen(list(argv), env=None if env is None else dict(env),
+                                start_new_session=True)  # fmt: skip
+        while proc.poll() is None and not stop:
+            time.sleep(0.2)
+        if stop and say:
+            say(f"{stop[0]}: stopping {name} and its processes (SIGKILL after {grace:.0f} s)")
+        killed = stop_tree(proc, grace)
+        if killed and say:
+            say(f"{killed} processes of {name} ignored SIGTERM for {grace:.0f} s: killed")
+        return 0 if stop else int(proc.returncode)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -23,7 +23,7 @@ from fraud_lib import store
 from fraud_lib.config import Settings
 from fraud_lib.errors import NoChampionError, PromotionConflict, RegistryError
 from fraud_lib.evaluate import PRIMARY_METRIC, compute_metrics
-from fraud_lib.monitoring import events
+from fraud_lib.monitoring import dashboard, events
 from fraud_lib.registry import (
     CHALLENGER,
     CHAMPION,
@@ -264,6 +264,7 @@ def apply_decision(
         raise PromotionConflict(decision.reason)
     log.info("%s version %s: %s", decision.event, decision.challenger_version, decision.reason)
     events.alert_decision(settings, decision, run_id)
+    dashboard.add_decision(settings, decision, run_id)
     return decision
 
 
@@ -337,4 +338,5 @@ def rollback(
         )
     log.info("rolled back champion from %s to %s", current, target)
     events.alert_rollback(settings, current, str(target), reason)
+    dashboard.add_rollback(settings, current, str(target))
     return current, str(target)

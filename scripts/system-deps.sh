@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System tools the test suite needs besides Python: promtool (Debian's `prometheus` package)
-# and amtool (`prometheus-alertmanager`), which check deploy/prometheus and deploy/alertmanager.
+# and amtool (`prometheus-alertmanager`), which check deploy/prometheus and deploy/alertmanager,
+# and Chromium (`chromium`), which the dashboard's browser test drives through Playwright.
 # As root with apt-get, installs what is missing without starting the packages' services;
 # otherwise prints what to install and exits 1 if something is missing.
 set -euo pipefail
@@ -8,12 +9,13 @@ set -euo pipefail
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: missing ${missing[*]} (promtool/amtool); install them, e.g." >&2
+    echo "error: missing ${missing[*]} (promtool/amtool/chromium); install them, e.g." >&2
     echo "  sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
     exit 1
 fi
@@ -30,8 +32,8 @@ fi
 cleanup() { if [ "$made_policy" -eq 1 ]; then rm -f "$policy"; fi; }
 trap cleanup EXIT
 
-echo ">> installing ${missing[*]} (promtool, amtool) with apt-get"
+echo ">> installing ${missing[*]} (promtool, amtool, chromium) with apt-get"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-command -v promtool >/dev/null && command -v amtool >/dev/null
+command -v promtool >/dev/null && command -v amtool >/dev/null && command -v chromium >/dev/null

@@ -272,11 +272,15 @@ def performance_monitor(
         decision=decision.as_dict(),
     )
     if report:
+        from fraud_lib.monitoring import dashboard
         from fraud_lib.monitoring.performance_report import write_report
 
         mark = time.perf_counter()
         write_report(settings, result, frame)
         seconds["report"] = time.perf_counter() - mark
+        dashboard.add_performance(
+            settings, [{**c.as_dict(), "volume": c.n, "provisional": not c.mature} for c in cohorts]
+        )
     seconds["total"] = time.perf_counter() - started
     result.seconds = {k: round(v, 3) for k, v in seconds.items()}
     progress(

@@ -22,6 +22,7 @@ from fraud_lib.errors import ConfigError
 from fraud_lib.monitoring import cohorts as cohorts_lib
 from fraud_lib.monitoring import performance
 from fraud_lib.monitoring.cohorts import Cohort
+from tests.lib.test_dashboard import _snapshots, _values
 
 D1 = datetime(2025, 1, 1, tzinfo=UTC)
 FRAUD = str(Path(sys.executable).with_name("fraud"))
@@ -230,6 +231,9 @@ def test_monitor_stores_decides_reports_and_reruns_idempotently(engine, small):
     with engine.begin() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM performance_cohorts")).scalar() == 1
     assert again.mlflow_run_id == first.mlflow_run_id
+    *_, snapshots = _snapshots(small)
+    assert len(snapshots) == 1  # the cohort's point on the dashboard, replaced by the re-run
+    assert ("average_precision", "mature") in _values(snapshots[0])
     client = registry.client(small)
     history = client.get_metric_history(first.mlflow_run_id, "performance.recent")
     assert len(history) == 1  # the same point, stored once
