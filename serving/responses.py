@@ -50,6 +50,15 @@ class RefusedVersion(msgspec.Struct):
     at: float
 
 
+class RefusalSummary(msgspec.Struct):
+    """The last model version the service refused to serve and why (its message is in the
+    server log and in the token-protected `POST /admin/reload` answer)."""
+
+    version: str
+    reason: Literal["load_failed", "schema_mismatch", "canary_failed"]
+    at: float
+
+
 class ModelStatus(msgspec.Struct):
     """The served version, the champion the registry names, and the last reload problem."""
 
@@ -58,8 +67,8 @@ class ModelStatus(msgspec.Struct):
     champion_version: str | None
     predictor: str | None
     last_check_at: float | None
-    last_error: RefusedVersion | None
-    registry_error: str | None
+    last_error: RefusalSummary | None
+    registry_readable: bool
 
 
 class LogStatus(msgspec.Struct):
@@ -67,17 +76,15 @@ class LogStatus(msgspec.Struct):
 
     healthy: bool
     writer_id: str
-    spool_dir: str
     fsync: bool
     backlog_records: int
     backlog_bytes: int
     orphans_adopted: int
     rows_written: int
     db_up: bool | None
-    last_error: str | None
     last_error_at: float | None
     last_shipped_at: float | None
-    spool_error: str | None
+    spool_writable: bool
 
 
 class Health(msgspec.Struct):
