@@ -69,7 +69,15 @@ def _metrics_dir() -> str:
 
 bind = os.environ.get("FRAUD_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("FRAUD_WORKERS", "2"))
-worker_class = os.environ.get("FRAUD_WORKER_CLASS", "gthread")
+WORKER_CLASSES = {"buffered": "serving.buffered_worker.BufferedWorker", "gthread": "gthread",
+                  "sync": "sync"}  # fmt: skip
+_worker_name = os.environ.get("FRAUD_WORKER_CLASS", "buffered")
+if _worker_name not in WORKER_CLASSES:
+    raise SystemExit(
+        f"error: FRAUD_WORKER_CLASS={_worker_name!r} is unknown; use one of "
+        + ", ".join(WORKER_CLASSES)
+    )
+worker_class = WORKER_CLASSES[_worker_name]
 threads = int(os.environ.get("FRAUD_THREADS", "4"))
 preload_app = False  # each worker loads its own model and starts its own threads
 timeout = 60
