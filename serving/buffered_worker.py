@@ -29,6 +29,7 @@ own refusals of malformed requests, use the service's JSON error body
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import selectors
 import socket
@@ -63,6 +64,7 @@ class BufferedConn(TConn):
         self.deadline = 0.0
         self.body_started = 0.0
         self.registered = False
+        self.closed = False
         self.closing = False  # answered and half-closed: draining until the peer closes
         self.early = False  # handed over before its body was in: close after the answer
         self.sent_continue = False
@@ -127,7 +129,8 @@ class BufferedWorker(ThreadWorker):
 
     def _unwatch(self, conn: BufferedConn) -> None:
         if conn.registered:
-            self.poller.unregister(conn.sock)
+            with contextlib.suppress(KeyError, ValueError, OSError):  # a socket closed already
+                self.poller.unregister(conn.sock)
             conn.registered = False
         self.reading.pop(conn, None)
 
@@ -136,8 +139,7 @@ class BufferedWorker(ThreadWorker):
             self._read(conn)
         except Exception:  # a bug here must cost one connection, not the worker's loop
             self.log.exception("error reading a request from %s", conn.client)
-            if conn in self.reading or conn.registered:
-                self._close(conn)
+            self._close(conn)
 
     def _read(self, conn: BufferedConn) -> None:
         if conn.closing:
@@ -224,6 +226,12 @@ class BufferedWorker(ThreadWorker):
             keep = bool(fs.result()) if not fs.cancelled() else False
         except Exception:
             keep = False
+        try:
+            self._after_request(conn, keep)
+        except OSError:  # the thread closed the socket (an error it answered)
+            self._close(conn)
+
+    def _after_request(self, conn: BufferedConn, keep: bool) -> None:
         if conn.view is not None:
             conn.view.release()
             conn.view = None
@@ -271,6 +279,9 @@ class BufferedWorker(ThreadWorker):
         self._close(conn)
 
     def _close(self, conn: BufferedConn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
         self._unwatch(conn)
         self.buffered -= len(conn.buf)
         conn.buf, conn.size = bytearray(), 0
