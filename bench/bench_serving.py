@@ -11,7 +11,7 @@ spawned processes (``bench/loadgen.py``; wrk is not installed). Everything start
 by pid at the end. Results: the table on stdout and ``bench/results/serving.json``.
 
 Phases: (1) single-transaction latency and throughput at 1 and 8 clients, service vs baseline,
-each under both gunicorn worker classes (sync and gthread), next to in-process
+each under every gunicorn worker class (buffered, sync, gthread), next to in-process
 ``predict_proba`` of one row (the floor); then, with the default worker class: (2) batches of
 10,000, one at a time (each once the last one is in Postgres) and back to back; (3)
 prediction-log throughput into Postgres at full load, how fast the backlog drains after it,

@@ -75,6 +75,7 @@ class Gunicorn:
 
 
 WORKER_CLASSES = {
+    "buffered": {"FRAUD_WORKER_CLASS": "buffered", "FRAUD_THREADS": "4"},
     "sync": {"FRAUD_WORKER_CLASS": "sync"},
     "gthread": {"FRAUD_WORKER_CLASS": "gthread", "FRAUD_THREADS": "4"},
 }

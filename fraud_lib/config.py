@@ -158,6 +158,8 @@ class Settings:
     risk_high: float
     max_batch: int
     max_body_bytes: int
+    read_timeout_seconds: float
+    buffer_bytes: int
     admin_token: str
     poll_seconds: float
     spool_dir: Path
@@ -227,6 +229,8 @@ class Settings:
             risk_high=_float(env, "FRAUD_RISK_HIGH", 0.5),
             max_batch=_int(env, "FRAUD_MAX_BATCH", 10_000),
             max_body_bytes=_int(env, "FRAUD_MAX_BODY_BYTES", 32 * 1024 * 1024),
+            read_timeout_seconds=_float(env, "FRAUD_READ_TIMEOUT_SECONDS", 10.0),
+            buffer_bytes=_int(env, "FRAUD_BUFFER_BYTES", 256 * 1024 * 1024),
             admin_token=_get(env, "FRAUD_ADMIN_TOKEN", ""),
             poll_seconds=_float(env, "FRAUD_POLL_SECONDS", 2.0),
             spool_dir=Path(_get(env, "FRAUD_SPOOL_DIR", str(state_dir / "spool"))).resolve(),
@@ -275,6 +279,13 @@ class Settings:
             )
         if self.max_batch < 1:
             raise ConfigError("FRAUD_MAX_BATCH must be at least 1")
+        if not self.read_timeout_seconds > 0:
+            raise ConfigError("FRAUD_READ_TIMEOUT_SECONDS must be above 0, e.g. 10")
+        if self.buffer_bytes < self.max_body_bytes:
+            raise ConfigError(
+                f"FRAUD_BUFFER_BYTES={self.buffer_bytes} cannot hold one body of "
+                f"FRAUD_MAX_BODY_BYTES={self.max_body_bytes}; raise it or lower the body limit"
+            )
         if self.eval_window_days < 1 or self.train_window_days <= self.eval_window_days:
             raise ConfigError(
                 "FRAUD_TRAIN_WINDOW_DAYS must be larger than FRAUD_EVAL_WINDOW_DAYS (>= 1)"

@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from fraud_lib import pgserver, store
 from fraud_lib.config import Settings
+from serving.http_errors import body_too_large, error_code
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
 from serving.prediction_log import PredictionLog
@@ -30,16 +31,6 @@ from serving.validation import ApiError
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    429: "too_many_requests",
-    503: "service_unavailable",
-}
 
 
 class Database:
@@ -103,12 +94,8 @@ def _register_errors(app: Flask) -> None:
         status = exc.code or 500
         message = exc.description or exc.name
         if status == 413:
-            limit = app.config["MAX_CONTENT_LENGTH"]
-            message = (
-                f"the request body is larger than {limit} bytes (FRAUD_MAX_BODY_BYTES); "
-                "send smaller batches"
-            )
-        response = _error(status, _HTTP_CODES.get(status, "http_error"), message)
+            message = body_too_large(app.config["MAX_CONTENT_LENGTH"])
+        response = _error(status, error_code(status), message)
         if status == 405 and exc.get_headers():
             for key, value in exc.get_headers():
                 if key.lower() == "allow":

@@ -4,22 +4,32 @@ Environment (command-line flags such as ``-b``/``-w`` win over these):
 
 - ``FRAUD_BIND`` (127.0.0.1:8000): address to listen on
 - ``FRAUD_WORKERS`` (2): worker processes, one per core
-- ``FRAUD_WORKER_CLASS`` (gthread): ``gthread`` or ``sync`` (measured: see below)
-- ``FRAUD_THREADS`` (4): threads per worker with ``gthread``
+- ``FRAUD_WORKER_CLASS`` (buffered): ``buffered``, ``gthread`` or ``sync`` (measured: see below)
+- ``FRAUD_THREADS`` (4): threads per worker with ``buffered`` and ``gthread``
+- ``FRAUD_READ_TIMEOUT_SECONDS`` (10), ``FRAUD_BUFFER_BYTES`` (256 MiB): ``buffered`` only,
+  see :mod:`serving.buffered_worker`
 - ``FRAUD_GRACEFUL_SECONDS`` (30): on SIGTERM, time for requests and the log drain
 - ``FRAUD_ACCESS_LOG`` (off): access log file, ``-`` for stderr
 - ``FRAUD_LOG_LEVEL`` (info): log level of gunicorn and the service
 - ``PROMETHEUS_MULTIPROC_DIR`` (``state_dir/prometheus/<host>-<master pid>``): metrics files
 
-Worker class, measured by ``bench/bench_serving.py`` (2 workers, 8 clients, 2 shared cores):
-in three earlier runs ``gthread`` with 4 threads answered 1.5-1.75k single-transaction
-requests/s against 0.9-1.35k for ``sync`` (which closes the connection after every response: a
-TCP connect and accept per request); since the request path got shorter the two are level
-(five runs on 2026-11-23, on a machine whose speed varied by up to 40 % between runs:
-gthread 1,082-1,871, sync 1,000-1,801 requests/s), p99 alike (11-22 ms at saturation).
-2 threads ~1.2k, 8 no better than 4. gthread stays the default: it keeps clients'
-connections alive and a slow client does not hold a worker's only slot. The threads share
-one GIL: they overlap network I/O, not scoring.
+Worker class. ``buffered`` (:class:`serving.buffered_worker.BufferedWorker`, the default) is
+gunicorn's ``gthread`` whose event loop receives each request whole, with read deadlines,
+before a thread handles it. It was chosen by ``bench/bench_slow_clients.py`` (2 workers x 4
+threads, 8 clients, 2 shared cores, 2026-12-01, two runs): with 64 connections trickling a
+byte every 0.3 s, ``gthread`` answered 2 requests/s at p50 5.0 s (every thread held by a slow
+body), ``buffered`` 1,545 and 1,488 requests/s at p50 3.3 ms, as many as without them. With no
+slow clients the two are level within this machine's noise (1 client p50 1.05 / 0.50 ms vs
+0.76 / 0.78 ms for gthread; 8 clients 1,347 / 2,525 vs 1,397 / 1,440 requests/s), and so is the
+read of an 8.4 MB body (median of 15: 3.9 ms from the loop into a growing buffer vs 3.8 ms
+with ``recv_into`` in one buffer, the copy to ``bytes`` included). The alternatives: read
+timeouts alone (gthread with a socket timeout) bound only the wait for each ``recv``, so a
+client sending a byte a second holds a thread for as long as it likes, and 8 of them still
+stall a worker pair; gevent would monkey-patch the threads of the prediction-log shipper and
+the model poller into greenlets that the numba scoring and the msgspec decoding never yield
+from, plus a new dependency. ``sync`` closes the connection after every response; in earlier
+runs of ``bench/bench_serving.py`` it was level with ``gthread`` (1,000-1,800 requests/s).
+The threads share one GIL: they overlap network I/O, not scoring.
 
 Everything that must be true before a worker imports numpy, scikit-learn or prometheus_client
 is done at import time here, in the master: ``OMP_NUM_THREADS=1`` (two workers on two cores
@@ -70,7 +80,15 @@ def _metrics_dir() -> str:
 
 bind = os.environ.get("FRAUD_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("FRAUD_WORKERS", "2"))
-worker_class = os.environ.get("FRAUD_WORKER_CLASS", "gthread")
+WORKER_CLASSES = {"buffered": "serving.buffered_worker.BufferedWorker", "gthread": "gthread",
+                  "sync": "sync"}  # fmt: skip
+_worker_name = os.environ.get("FRAUD_WORKER_CLASS", "buffered")
+if _worker_name not in WORKER_CLASSES:
+    raise SystemExit(
+        f"error: FRAUD_WORKER_CLASS={_worker_name!r} is unknown; use one of "
+        + ", ".join(WORKER_CLASSES)
+    )
+worker_class = WORKER_CLASSES[_worker_name]
 threads = int(os.environ.get("FRAUD_THREADS", "4"))
 preload_app = False  # each worker loads its own model and starts its own threads
 timeout = 60

@@ -83,8 +83,8 @@ def decode_batch(body: bytes, schema: FeatureSchema, max_batch: int) -> Transact
         return None
     try:
         records = getattr(typed.decoder.decode(body), BATCH_KEY)
-    except (msgspec.DecodeError, RecursionError):  # msgspec.ValidationError is a DecodeError
-        return None
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # msgspec.ValidationError
+        return None  # is a DecodeError; bad UTF-8 in a string raises UnicodeDecodeError
     if not 0 < len(records) <= max_batch:
         return None
     ids = list(map(typed.transaction_id, records))

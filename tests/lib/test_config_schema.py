@@ -126,3 +126,21 @@ def test_validate_record_reports_each_field():
     assert s.validate_record([1, 2])[1] == {"": "each transaction must be a JSON object"}
     frame = records_to_frame(s, [clean])
     assert list(frame.columns) == s.model_columns
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"FRAUD_READ_TIMEOUT_SECONDS": "soon"},
+            "FRAUD_READ_TIMEOUT_SECONDS='soon' is not a number",
+        ),
+        ({"FRAUD_READ_TIMEOUT_SECONDS": "0"}, "FRAUD_READ_TIMEOUT_SECONDS must be above 0"),
+        ({"FRAUD_BUFFER_BYTES": "1e9"}, "FRAUD_BUFFER_BYTES='1e9' is not a whole number"),
+        ({"FRAUD_BUFFER_BYTES": "1000"}, "cannot hold one body of FRAUD_MAX_BODY_BYTES"),
+    ],
+)
+def test_transport_settings_are_validated(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+    assert Settings.from_env({}).read_timeout_seconds == 10.0

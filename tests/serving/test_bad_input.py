@@ -183,3 +183,24 @@ def test_unknown_routes_and_methods_answer_json(client):
     assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "not_found"
     resp = client.get("/v1/score")
     assert resp.status_code == 405 and resp.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_invalid_utf8_inside_a_string_is_400_on_every_json_endpoint(client, frames):
+    """msgspec raises UnicodeDecodeError (not a DecodeError) for it: that was a 500."""
+    batch = json.dumps({"transactions": rows_of(frames, 2)}).encode()
+    for path, body in (
+        ("/v1/score", b'{"transaction_id": "\xff"}'),
+        (
+            "/v1/score",
+            json.dumps(_valid(frames)).encode().replace(b'"Time"', b'"\xff\xfe": 1, "Time"'),
+        ),
+        (
+            "/v1/score",
+            batch.replace(b'"transactions": [{', b'"transactions": [{"transaction_id": "\xc3", '),
+        ),
+        ("/v1/labels", b'{"labels": [{"transaction_id": "\xff", "label": 1}]}'),
+    ):
+        resp = client.post(path, data=body, content_type="application/json")
+        assert resp.status_code == 400, (path, resp.get_json())
+        assert resp.get_json()["error"]["code"] == "invalid_json"
+        assert "UTF-8" in resp.get_json()["error"]["message"]
