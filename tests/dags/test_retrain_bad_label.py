@@ -4,6 +4,7 @@ out. A few rows only: the run is skipped for too few labels, which is what proce
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,6 +25,7 @@ def test_a_stored_1600_label_does_not_stop_the_retrain(
 ):
     from airflow.dag_processing.dagbag import DagBag
 
+    caplog.set_level(logging.INFO, logger="fraudloop")  # the DAG's task summaries are INFO
     rows = many(5, start=END - timedelta(days=2))
     store.insert_predictions(pg_engine, rows)
     good = [{"transaction_id": r["transaction_id"], "label": 0, "labeled_at": END} for r in rows]
