@@ -97,13 +97,25 @@ def _file_kind(path: Path) -> str:
     )
 
 
-def _read_table(p: Path, text_columns: list[str]) -> pd.DataFrame:
-    """Read a non-empty CSV or parquet file, turning every failure into a :class:`DataError`."""
-    kind = _file_kind(p)
+def check_readable(p: Path) -> None:
+    """Raise a one-line :class:`DataError` unless ``p`` is a readable, non-empty file."""
+    if p.is_dir():
+        raise DataError(f"{p} is a directory; give a .csv or .parquet file")
     if not p.exists():
         raise DataError(f"{p} does not exist; check the path (or generate data with the CLI)")
-    if p.is_file() and p.stat().st_size == 0:
+    try:
+        with p.open("rb") as f:
+            first = f.read(1)
+    except OSError as exc:
+        raise DataError(f"{p} cannot be read: {exc.strerror or exc}") from None
+    if not first:
         raise DataError(f"{p} is empty (0 bytes); give a file with a header and rows")
+
+
+def _read_table(p: Path, text_columns: list[str]) -> pd.DataFrame:
+    """Read a non-empty CSV or parquet file, turning every failure into a :class:`DataError`."""
+    check_readable(p)
+    kind = _file_kind(p)
     try:
         if kind == "csv":
             df = pd.read_csv(p, dtype=dict.fromkeys(text_columns, str), low_memory=False)
@@ -111,6 +123,10 @@ def _read_table(p: Path, text_columns: list[str]) -> pd.DataFrame:
             df = pd.read_parquet(p)
     except pd.errors.EmptyDataError:
         raise DataError(f"{p} has no header and no rows; give a non-empty file") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the CSV as UTF-8"
+        ) from None
     except Exception as exc:  # parsers raise many types: ParserError, ArrowInvalid, OSError...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{p} could not be read as {kind}: {reason}") from None
@@ -184,12 +200,17 @@ def load_labels(path: str | Path) -> list[dict[str, Any]]:
 def save_transactions(df: pd.DataFrame, path: str | Path) -> Path:
     """Write ``df`` as CSV (optionally gzipped) or parquet, chosen by suffix; return the path."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p} is a directory; give a file name ending in .csv or .parquet")
     kind = _file_kind(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "csv":
-        df.to_csv(p, index=False)
-    else:
-        df.to_parquet(p, index=False)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "csv":
+            df.to_csv(p, index=False)
+        else:
+            df.to_parquet(p, index=False)
+    except OSError as exc:
+        raise DataError(f"{p} cannot be written: {exc.strerror or exc}") from None
     logger.info("wrote %d transactions to %s", len(df), p)
     return p
 

@@ -126,3 +126,50 @@ def test_validate_record_reports_each_field():
     assert s.validate_record([1, 2])[1] == {"": "each transaction must be a JSON object"}
     frame = records_to_frame(s, [clean])
     assert list(frame.columns) == s.model_columns
+
+
+def _one_line_error(path, match: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        FeatureSchema.load(path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert str(path) in message and match in message, message
+    return message
+
+
+def test_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("time: t\nlabel: [y\nfeatures: [a]\n")
+    message = _one_line_error(path, "line 3, column 9")
+    assert message.endswith("expected ',' or ']', but got ':'")
+
+
+def test_json_syntax_error_is_one_line_with_file_and_line(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('{"time": "t",\n "label": }')
+    _one_line_error(path, "line 2, column 11: Expecting value")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("u.yaml", b"time: t\n\xff\xfe: x\n", "line 2: not UTF-8 text (byte 0xff)"),
+        ("big.yaml", b"#" * 1_000_001, "larger than 1,000,000 bytes"),
+        ("list.yaml", b"- time\n- label\n", "must hold a mapping"),
+        ("cat.yaml", b"time: t\nlabel: y\nfeatures: [a]\ncategorical: abc\n", "'categorical' must"),
+        ("time.json", b'{"time": ["t"], "label": "y", "features": ["a"]}', "'time' must be"),
+        ("keys.yaml", b"time: t\nlabel: y\nfeatures: [a]\n1: x\n", "unknown keys ['1']"),
+        ("dupe.yaml", b"time: t\nlabel: y\nfeatures: [a, a]\n", "columns listed twice: a"),
+    ],
+)
+def test_hostile_schema_files_give_one_line_errors(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    _one_line_error(path, match)
+
+
+def test_schema_path_that_is_a_directory_or_unreadable(tmp_path):
+    _one_line_error(tmp_path, "is a directory")
+    unreadable = tmp_path / "mem.yaml"
+    unreadable.symlink_to("/proc/self/mem")  # opens, but reading offset 0 fails, even as root
+    _one_line_error(unreadable, "cannot be read: Input/output error")

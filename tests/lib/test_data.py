@@ -174,6 +174,33 @@ def test_load_ragged_csv(tmp_path):
         load_transactions(tmp_path / "ragged.csv")
 
 
+def test_load_directory_is_refused(tmp_path):
+    (tmp_path / "tx.csv").mkdir()
+    for path in (tmp_path, tmp_path / "tx.csv"):
+        with pytest.raises(DataError, match=r"is a directory; give a \.csv or \.parquet file"):
+            load_transactions(path)
+        with pytest.raises(DataError, match="is a directory; give a file name"):
+            save_transactions(_valid_frame(), path)
+
+
+def test_load_invalid_utf8_csv(tmp_path):
+    (tmp_path / "latin1.csv").write_bytes("Time,V1\n1,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"is not UTF-8 text \(byte 0xe9\); save the CSV as UTF-8"):
+        load_transactions(tmp_path / "latin1.csv")
+
+
+def test_load_file_that_cannot_be_read(tmp_path):
+    (tmp_path / "mem.csv").symlink_to("/proc/self/mem")  # opens, reading fails even as root
+    with pytest.raises(DataError, match="cannot be read: Input/output error"):
+        load_transactions(tmp_path / "mem.csv")
+
+
+def test_save_unwritable_path(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="cannot be written"):
+        save_transactions(_valid_frame(), tmp_path / "file" / "tx.csv")
+
+
 # ----------------------------------------------------------------------- generator: basics
 def test_generate_columns_and_types(small):
     expected = [ID_COLUMN, "Time", *FEATURES, "Class", DELAY_COLUMN]
