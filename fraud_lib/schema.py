@@ -30,6 +30,51 @@ def _plain(value: Any) -> Any:
 
 ULB_FEATURES = (*(f"V{i}" for i in range(1, 29)), "Amount")
 SCHEMA_KEYS = ("time", "label", "features", "id", "categorical", "behavior")
+MAX_SCHEMA_BYTES = 1_000_000
+
+
+def _read_schema_text(p: Path) -> str:
+    """The text of a schema file, or a one-line :class:`ConfigError` saying why not."""
+    if p.is_dir():
+        raise ConfigError(f"schema file {p} is a directory; pass --schema with a JSON or YAML file")
+    if not p.exists():
+        raise ConfigError(f"schema file {p} does not exist; pass --schema with a JSON or YAML file")
+    try:
+        with p.open("rb") as f:
+            raw = f.read(MAX_SCHEMA_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"schema file {p} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_SCHEMA_BYTES:
+        raise ConfigError(
+            f"schema file {p} is larger than {MAX_SCHEMA_BYTES:,} bytes; a schema is a few lines"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"schema file {p}, line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def _parse_schema_text(p: Path, text: str) -> Any:
+    """Parse JSON or YAML (by suffix); a syntax error becomes one line with its position."""
+    import yaml
+
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where, problem = f"line {exc.lineno}, column {exc.colno}", exc.msg
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        where, problem = "somewhere", " ".join(str(exc).split()) or type(exc).__name__
+    raise ConfigError(f"schema file {p}, {where}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -62,7 +107,7 @@ class FeatureSchema:
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureSchema:
         """Build a schema from a mapping with keys time, label, features, optional id,
         categorical and behavior."""
-        unknown = set(data) - set(SCHEMA_KEYS)
+        unknown = {str(k) for k in data} - set(SCHEMA_KEYS)
         if unknown:
             raise ConfigError(
                 f"schema: unknown keys {sorted(unknown)}; allowed: {', '.join(SCHEMA_KEYS)}"
@@ -70,10 +115,13 @@ class FeatureSchema:
         missing = [k for k in ("time", "label", "features") if k not in data]
         if missing:
             raise ConfigError(f"schema: missing required keys {missing}")
-        if not isinstance(data["features"], list) or not all(
-            isinstance(c, str) for c in data["features"]
-        ):
-            raise ConfigError("schema: 'features' must be a list of column names")
+        for key in ("time", "label", "id"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ConfigError(f"schema: {key!r} must be a column name (a string)")
+        for key in ("features", "categorical"):
+            value = data.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+                raise ConfigError(f"schema: {key!r} must be a list of column names")
         roles = {
             "time": str(data["time"]),
             "label": str(data["label"]),
@@ -88,29 +136,24 @@ class FeatureSchema:
 
     @classmethod
     def load(cls, path: str | Path | None) -> FeatureSchema:
-        """Read a schema file (JSON or YAML); ``None`` or ``""`` gives the ULB default."""
+        """Read a schema file (JSON, or YAML for ``.yaml``/``.yml``); ``None`` or ``""`` gives
+        the ULB default.
+
+        Every problem (missing, a directory, unreadable, too large, not UTF-8, a syntax error,
+        a bad key) raises :class:`ConfigError` with one line naming the file (and the line).
+        """
         if not path:
             return cls()
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(
-                f"schema file {p} does not exist; pass --schema with a JSON or YAML file"
-            )
-        try:
-            text = p.read_text(encoding="utf-8")
-            if p.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:
-            raise ConfigError(f"schema file {p} could not be parsed: {exc}") from None
+        data = _parse_schema_text(p, _read_schema_text(p))
         if not isinstance(data, dict):
             raise ConfigError(
                 f"schema file {p} must hold a mapping with keys time, label, features"
             )
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"schema file {p}: {str(exc).removeprefix('schema: ')}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form; round-trips through :meth:`from_dict`."""

@@ -48,6 +48,24 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
+def one_line(message: str) -> str:
+    """``message`` with its lines joined, so an error is always a single ``error:`` line."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def check_directory(path: str | None, option: str) -> None:
+    """Raise :class:`FraudError` unless ``path`` (when given) is an existing directory."""
+    if path is not None and not Path(path).is_dir():
+        what = "is a file" if Path(path).exists() else "does not exist"
+        raise FraudError(f"{option} {path} {what}; give an existing directory")
+
+
+def check_output_file(path: str | Path) -> None:
+    """Raise :class:`FraudError` when an output path is a directory (before any long work)."""
+    if Path(path).is_dir():
+        raise FraudError(f"{path} is a directory; give a file name for the output")
+
+
 class FraudGroup(click.Group):
     """A click group that turns expected errors into one clean line and exit code 1."""
 
@@ -55,7 +73,7 @@ class FraudGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FraudError as exc:
-            click.echo(f"error: {redact(str(exc))}", err=True)
+            click.echo(f"error: {redact(one_line(str(exc)))}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -86,9 +104,13 @@ def dump_json(path: str | Path, payload: dict[str, Any]) -> None:
     from fraud_lib.drift import json_safe
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(p)
     clean = json_safe(json.loads(json.dumps(payload, default=str)))
-    p.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
+    except OSError as exc:
+        raise FraudError(f"{p} cannot be written: {exc.strerror or exc}") from None
 
 
 def _engine(settings: Settings) -> Any:

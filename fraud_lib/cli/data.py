@@ -12,7 +12,7 @@ from fraud_lib.cli.base import _engine, _settings, cli, say
     "--out",
     "out",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="Output file: .csv, .csv.gz or .parquet.",
 )
 @click.option(
@@ -103,7 +103,7 @@ def labels() -> None:
 
 
 @labels.command("import")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path())
 @click.option("--source", default="import", show_default=True, help="Recorded with each label.")
 @click.pass_context
 def labels_import(ctx: click.Context, path: str, source: str) -> None:

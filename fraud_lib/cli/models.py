@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
 
-from fraud_lib.cli.base import _engine, _settings, cli, dump_json, print_table, say
+from fraud_lib.cli.base import (
+    _engine,
+    _settings,
+    check_output_file,
+    cli,
+    dump_json,
+    print_table,
+    say,
+)
 from fraud_lib.errors import FraudError
 
 METRIC_ROWS = (
@@ -43,13 +52,13 @@ def _load(path: str, schema: Any) -> Any:
     "--data",
     "data_path",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="Labeled transactions (.csv or .parquet), e.g. creditcard.csv.",
 )
 @click.option(
     "--schema",
     "schema_path",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="JSON/YAML schema for non-ULB tables (keys time, label, features, ...).",
 )
 @click.option(
@@ -92,7 +101,7 @@ def _load(path: str, schema: Any) -> Any:
     show_default=True,
     help="Register the model in MLflow with alias 'challenger'.",
 )
-@click.option("--metrics-json", type=click.Path(dir_okay=False), help="Write metrics here.")
+@click.option("--metrics-json", type=click.Path(), help="Write metrics here.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.pass_context
 def train(
@@ -113,6 +122,8 @@ def train(
     from fraud_lib.schema import FeatureSchema
     from fraud_lib.train import train_model
 
+    if metrics_json:
+        check_output_file(metrics_json)
     settings = _settings(ctx)
     schema = FeatureSchema.load(schema_path or settings.schema_path)
     df = _load(data_path, schema)
@@ -169,7 +180,7 @@ def train(
     "--data",
     "data_path",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="Labeled transactions; only rows after the challenger's training period "
     "are used, so pass the file you trained on or newer data.",
 )
@@ -191,8 +202,9 @@ def promote(
     dry_run: bool,
 ) -> None:
     """Compare challenger and champion on the same held-out window; promote if better."""
-    from fraud_lib import promotion, registry
+    from fraud_lib import data, promotion, registry
 
+    data.check_readable(Path(data_path))  # before the registry: a wrong path fails fast
     settings = _settings(ctx)
     challenger = version or registry.alias_version(settings, registry.CHALLENGER)
     if challenger is None:

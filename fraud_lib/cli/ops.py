@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from fraud_lib.cli.base import _engine, _settings, cli, say
+from fraud_lib.cli.base import _engine, _settings, check_directory, cli, say
 from fraud_lib.config import Settings
 from fraud_lib.errors import ConfigError, FraudError
 from fraud_lib.redact import redact
@@ -172,7 +172,7 @@ def _host(ctx: click.Context, param: click.Parameter, value: str) -> str:
 )
 @click.option(
     "--dags-folder",
-    type=click.Path(file_okay=False),
+    type=click.Path(),
     help="DAG folder (default: AIRFLOW__CORE__DAGS_FOLDER, else the project's dags/).",
 )
 @click.pass_context
@@ -183,6 +183,7 @@ def airflow_cmd(ctx: click.Context, host: str, port: int, dags_folder: str | Non
 
     from fraud_lib import airflow_local
 
+    check_directory(dags_folder, "--dags-folder")
     env = airflow_local.airflow_env(_settings(ctx), dags_folder)
     exe = airflow_local.airflow_exe()
     # standalone starts its components as `airflow ...` from PATH: put this environment's first.
@@ -222,7 +223,7 @@ def airflow_cmd(ctx: click.Context, host: str, port: int, dags_folder: str | Non
 )
 @click.option(
     "--dags-folder",
-    type=click.Path(file_okay=False),
+    type=click.Path(),
     help="DAG folder (default: AIRFLOW__CORE__DAGS_FOLDER, else the project's dags/).",
 )
 @click.pass_context
@@ -241,6 +242,7 @@ def retrain(
         raise FraudError(f"--conf is not valid JSON: {exc}") from None
     if not isinstance(conf, dict):
         raise FraudError('--conf must be a JSON object, e.g. \'{"model_type": "lr"}\'')
+    check_directory(dags_folder, "--dags-folder")
     settings = _settings(ctx)
     env = airflow_local.airflow_env(settings, dags_folder)
     airflow_local.dags_test("fraud_retrain", conf, env, say, logical_date=logical_date)

@@ -251,3 +251,47 @@ def test_help_explains_every_command(tmp_path, cli_env):
     for command in ("generate", "train", "promote", "rollback", "models", "db", "labels"):
         assert command in top
     assert "--resample" in run(["train", "--help"], cli_env, tmp_path).stdout
+
+
+@pytest.fixture
+def hostile_files(tmp_path, good_frame) -> Path:
+    """A folder of inputs that every file option must refuse with one line."""
+    save_transactions(good_frame, tmp_path / "good.csv")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "mem.csv").symlink_to("/proc/self/mem")  # unreadable, even for root
+    (tmp_path / "tx.json").write_text("{}")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    (tmp_path / "latin1.csv").write_bytes("Time,V1\n1,caf\u00e9\n".encode("latin-1"))
+    (tmp_path / "s.yaml").write_text("time: t\nlabel: [y\nfeatures: [a]\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["train", "--data", "folder"], "folder is a directory"),
+        (["train", "--data", "folder.csv"], "folder.csv is a directory"),
+        (["train", "--data", "missing.csv"], "missing.csv does not exist"),
+        (["train", "--data", "mem.csv"], "mem.csv cannot be read"),
+        (["train", "--data", "tx.json"], "tx.json: unsupported file type"),
+        (["train", "--data", "junk.parquet"], "junk.parquet could not be read as parquet"),
+        (["train", "--data", "latin1.csv"], "latin1.csv is not UTF-8 text (byte 0xe9)"),
+        (["train", "--data", "good.csv", "--schema", "s.yaml"], "s.yaml, line 3, column 9: "),
+        (["train", "--data", "good.csv", "--schema", "folder"], "schema file folder is a dir"),
+        (["train", "--data", "good.csv", "--schema", "mem.csv"], "mem.csv cannot be read"),
+        (["train", "--data", "good.csv", "--metrics-json", "folder"], "folder is a directory"),
+        (["promote", "--data", "folder"], "folder is a directory"),
+        (["promote", "--data", "mem.csv"], "mem.csv cannot be read"),
+        (["generate", "--out", "folder.csv", "--days", "1"], "folder.csv is a directory"),
+        (["labels", "import", "folder"], "folder is a directory"),
+        (["labels", "import", "latin1.csv"], "latin1.csv: line 2 is not valid UTF-8 (byte 0xe9)"),
+        (["retrain", "--dags-folder", "good.csv"], "--dags-folder good.csv is a file"),
+    ],
+)
+def test_file_options_refuse_bad_paths_with_one_error_line(cli_env, hostile_files, args, fragment):
+    proc = run(args, cli_env, hostile_files, ok=False)
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith(">> ")]
+    assert proc.returncode == 1, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert fragment in lines[0], lines[0]

@@ -144,3 +144,50 @@ def test_transport_settings_are_validated(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
     assert Settings.from_env({}).read_timeout_seconds == 10.0
+
+
+def _one_line_error(path, match: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        FeatureSchema.load(path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert str(path) in message and match in message, message
+    return message
+
+
+def test_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("time: t\nlabel: [y\nfeatures: [a]\n")
+    message = _one_line_error(path, "line 3, column 9")
+    assert message.endswith("expected ',' or ']', but got ':'")
+
+
+def test_json_syntax_error_is_one_line_with_file_and_line(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('{"time": "t",\n "label": }')
+    _one_line_error(path, "line 2, column 11: Expecting value")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("u.yaml", b"time: t\n\xff\xfe: x\n", "line 2: not UTF-8 text (byte 0xff)"),
+        ("big.yaml", b"#" * 1_000_001, "larger than 1,000,000 bytes"),
+        ("list.yaml", b"- time\n- label\n", "must hold a mapping"),
+        ("cat.yaml", b"time: t\nlabel: y\nfeatures: [a]\ncategorical: abc\n", "'categorical' must"),
+        ("time.json", b'{"time": ["t"], "label": "y", "features": ["a"]}', "'time' must be"),
+        ("keys.yaml", b"time: t\nlabel: y\nfeatures: [a]\n1: x\n", "unknown keys ['1']"),
+        ("dupe.yaml", b"time: t\nlabel: y\nfeatures: [a, a]\n", "columns listed twice: a"),
+    ],
+)
+def test_hostile_schema_files_give_one_line_errors(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    _one_line_error(path, match)
+
+
+def test_schema_path_that_is_a_directory_or_unreadable(tmp_path):
+    _one_line_error(tmp_path, "is a directory")
+    unreadable = tmp_path / "mem.yaml"
+    unreadable.symlink_to("/proc/self/mem")  # opens, but reading offset 0 fails, even as root
+    _one_line_error(unreadable, "cannot be read: Input/output error")

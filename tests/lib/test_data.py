@@ -8,10 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from fraud_lib.data import (
     DELAY_COLUMN,
@@ -25,6 +22,7 @@ from fraud_lib.data import (
 )
 from fraud_lib.errors import ConfigError, DataError
 from fraud_lib.schema import ULB_FEATURES, FeatureSchema
+from fraud_lib.train import train_model
 
 FEATURES = list(ULB_FEATURES)
 ULB_COLUMNS = ["Time", *FEATURES, "Class"]
@@ -174,6 +172,33 @@ def test_load_ragged_csv(tmp_path):
     (tmp_path / "ragged.csv").write_text("Time,V1\n1,2\n3,4,5,6\n")
     with pytest.raises(DataError, match=r"could not be read as csv: .*Expected 2 fields"):
         load_transactions(tmp_path / "ragged.csv")
+
+
+def test_load_directory_is_refused(tmp_path):
+    (tmp_path / "tx.csv").mkdir()
+    for path in (tmp_path, tmp_path / "tx.csv"):
+        with pytest.raises(DataError, match=r"is a directory; give a \.csv or \.parquet file"):
+            load_transactions(path)
+        with pytest.raises(DataError, match="is a directory; give a file name"):
+            save_transactions(_valid_frame(), path)
+
+
+def test_load_invalid_utf8_csv(tmp_path):
+    (tmp_path / "latin1.csv").write_bytes("Time,V1\n1,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"is not UTF-8 text \(byte 0xe9\); save the CSV as UTF-8"):
+        load_transactions(tmp_path / "latin1.csv")
+
+
+def test_load_file_that_cannot_be_read(tmp_path):
+    (tmp_path / "mem.csv").symlink_to("/proc/self/mem")  # opens, reading fails even as root
+    with pytest.raises(DataError, match="cannot be read: Input/output error"):
+        load_transactions(tmp_path / "mem.csv")
+
+
+def test_save_unwritable_path(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="cannot be written"):
+        save_transactions(_valid_frame(), tmp_path / "file" / "tx.csv")
 
 
 # ----------------------------------------------------------------------- generator: basics
@@ -396,15 +421,21 @@ def _ap(model, test: pd.DataFrame) -> float:
     return average_precision_score(test["Class"], model.predict_proba(test[FEATURES])[:, 1])
 
 
-def test_boosting_beats_linear_but_is_not_perfect():
-    df = generate(10, rows_per_day=8000, seed=11)
-    train, test = df[_day(df) < 7], df[_day(df) >= 7]
-    hgb_ap = _ap(_fit_hgb(train), test)
-    keep = (train["Class"] == 1) | (np.random.default_rng(0).random(len(train)) < 0.1)
-    linear = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    lr_ap = _ap(linear.fit(train.loc[keep, FEATURES], train.loc[keep, "Class"]), test)
-    assert 0.45 < hgb_ap < 0.95, f"HGB AP {hgb_ap:.3f}"
-    assert hgb_ap > lr_ap + 0.2, f"HGB AP {hgb_ap:.3f} vs LR AP {lr_ap:.3f}"
+@pytest.mark.slow
+def test_linear_models_see_part_of_the_fraud_and_boosting_more():
+    """Like the public ULB set (LR ~0.7, boosted trees ~0.85): part of the signal is linear.
+
+    Three weeks of the default generator (fraud rate 0.2 %), the builders and the time-ordered
+    split of ``fraud train``; a fixed seed whose figures sit mid-range (seeds 0-5 measured
+    LR 0.61-0.67, HGB 0.85-0.90).
+    """
+    schema = FeatureSchema()
+    df = schema.validate_frame(generate(21, seed=1))
+    lr_ap = train_model(df, schema, model_type="lr").metrics["average_precision"]
+    hgb_ap = train_model(df, schema, model_type="hgb").metrics["average_precision"]
+    assert 0.5 <= lr_ap <= 0.8, f"LR AP {lr_ap:.3f}"
+    assert hgb_ap >= lr_ap + 0.08, f"HGB AP {hgb_ap:.3f} vs LR AP {lr_ap:.3f}"
+    assert hgb_ap < 0.95, f"HGB AP {hgb_ap:.3f}: the generator should not be trivial"
 
 
 def test_new_pattern_defeats_the_old_model():

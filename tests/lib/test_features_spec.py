@@ -129,7 +129,7 @@ def test_missing_include_current_is_an_error():
 def test_hostile_schema_files_fail_cleanly(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"time: ts\nlabel: y\nfeatures: [amount]\nbehavior: {calendar: [\xff]}\n")
-    with pytest.raises(ConfigError, match="could not be parsed"):
+    with pytest.raises(ConfigError, match="line 4: not UTF-8 text"):
         FeatureSchema.load(bad)
     huge = _with(("behavior", "aggregates", 0, "windows"), ["9999999d"])
     with pytest.raises(ConfigError, match="cannot parse window"):
