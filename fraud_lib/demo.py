@@ -31,7 +31,17 @@ import requests
 from sklearn.metrics import average_precision_score
 from sqlalchemy import text
 
-from fraud_lib import airflow_local, data, logged, pgserver, procs, promotion, registry, store
+from fraud_lib import (
+    airflow_local,
+    data,
+    demo_monitor,
+    logged,
+    pgserver,
+    procs,
+    promotion,
+    registry,
+    store,
+)
 from fraud_lib.config import Settings
 from fraud_lib.errors import FraudError
 from fraud_lib.redact import redact
@@ -67,6 +77,9 @@ class DemoReport:
     weeks: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
+    performance: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, str]] = field(default_factory=list)
+    webhook_url: str | None = None
     reload_seconds: float | None = None
     versions_seen_after: list[str] = field(default_factory=list)
     catch: dict[str, Any] = field(default_factory=dict)
@@ -93,19 +106,25 @@ def check_reset_is_local(settings: Settings) -> None:
 
 
 def reset_state(settings: Settings, engine: Any, say: Callable[[str], None]) -> None:
-    """Remove what an earlier demo left: local MLflow store, windows, spool, reports, rows.
+    """Remove what an earlier demo left: local MLflow store, windows, spool, reports, the
+    dashboard workspace (when under the state dir), rows, alert cooldowns and cohorts.
     Callers run :func:`check_reset_is_local` first, before connecting to anything."""
-    say("resetting demo state (MLflow store, windows, spool, reports, logged rows)")
+    say("resetting demo state (MLflow store, windows, spool, reports, dashboard, logged rows)")
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):
         Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).unlink(missing_ok=True)
         shutil.rmtree(settings.mlflow_artifact_dir, ignore_errors=True)
-    for path in (settings.state_dir / "windows", settings.state_dir / "demo", settings.spool_dir):
+    local = [settings.state_dir / "windows", settings.state_dir / "demo", settings.spool_dir]
+    if settings.evidently_workspace.is_relative_to(settings.state_dir.resolve()):
+        local.append(settings.evidently_workspace)
+    for path in local:
         shutil.rmtree(path, ignore_errors=True)
     for pattern in ("fraud_*.html", "fraud_*.json"):
         for report in settings.reports_dir.glob(pattern):
             report.unlink()
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE predictions, labels, model_events"))
+        # alert_log too: an earlier run's cooldown would keep this run's alerts from being sent
+        conn.execute(text("TRUNCATE predictions, labels, model_events, alert_log, "
+                          "performance_cohorts"))  # fmt: skip
 
 
 @contextmanager
@@ -253,7 +272,9 @@ def run_demo(
     sent: set[str] = set()
     day0 = o.history_days
     traffic = history.iloc[0:0]
-    with scoring_service(settings, env, port, say) as url:
+    receiver_cm = demo_monitor.alert_receiver(settings, env, say)
+    with receiver_cm as receiver, scoring_service(settings, env, port, say) as url:
+        report.webhook_url = receiver.url if receiver else None
         # 2. A normal week of traffic, then the labels known by its end.
         say(f"step 2/6: replaying week 1 (days {day0}-{day0 + o.week_days - 1}) through {url}")
         week1 = data.generate(o.week_days, rows_per_day=o.rows_per_day, fraud_rate=o.fraud_rate,
@@ -277,10 +298,11 @@ def run_demo(
         monitor_from = datetime.now(UTC)
         replay(url, week2, o.batch)
         traffic = pd.concat([traffic, week2])
-        n = send_labels(url, traffic, (day1 + o.week_days + o.label_wait_days) * DAY, sent,
-                        o.batch)  # fmt: skip
-        say(f"week 2: {len(week2):,} transactions scored; {n:,} labels came back within "
-            f"{o.label_wait_days} days")  # fmt: skip
+        n = send_labels(url, traffic, (day1 + o.week_days) * DAY, sent, o.batch)
+        say(f"week 2: {len(week2):,} transactions scored; {n:,} labels known by its end")
+        say("performance monitor at as-of now: labels still arriving (provisional cohort)")
+        report.performance.append(demo_monitor.run_performance(
+            settings, env, say, as_of=datetime.now(UTC), log_path=work / "airflow.log"))  # fmt: skip
         lookback = (datetime.now(UTC) - monitor_from).total_seconds() / DAY + 1e-4
         say("drift monitor over week 2's traffic (fraud_drift_monitor DAG)")
         airflow_local.dags_test(
@@ -290,8 +312,15 @@ def run_demo(
             say,
             log_path=work / "airflow.log",
         )
-        say("the drift monitor's Asset event would start fraud_retrain under a scheduler; "
-            "here we run it directly")  # fmt: skip
+        n = send_labels(url, traffic, (day1 + o.week_days + o.label_wait_days) * DAY, sent,
+                        o.batch)  # fmt: skip
+        say(f"{n:,} more labels came back within {o.label_wait_days} days")
+        as_of = demo_monitor.next_midnight(datetime.now(UTC))
+        say(f"performance monitor at as-of {as_of:%Y-%m-%d %H:%M} UTC: today's cohort is mature")
+        report.performance.append(demo_monitor.run_performance(
+            settings, env, say, as_of=as_of, log_path=work / "airflow.log"))  # fmt: skip
+        say("the drift and performance monitors' asset events would start fraud_retrain under "
+            "a scheduler; here we run it directly")  # fmt: skip
         airflow_local.dags_test("fraud_retrain", conf, env, say, log_path=work / "airflow.log")
         report.champion_after = registry.alias_version(settings)
 
@@ -315,11 +344,13 @@ def run_demo(
         report.catch = {"frauds": len(frauds), "old_version": report.champion_before,
                         "old_caught": caught_old, "new_version": report.champion_after,
                         "new_caught": caught_new}  # fmt: skip
+        report.alerts = demo_monitor.received_alerts(receiver)
 
     # 6. Summary.
     report.weeks = week_summary(engine, day0 // 7)
     report.decisions = store.model_events(engine, settings.model_name, limit=20)[::-1]
-    report.reports = sorted(str(p) for p in settings.reports_dir.glob("fraud_*.html"))
+    report.reports = sorted(str(p) for p in settings.reports_dir.glob("fraud_*.html")
+                            if not p.name.startswith(f"{demo_monitor.NAME}__"))  # fmt: skip
     report.seconds = time.monotonic() - started
     report.files = sorted(str(p) for p in [*work.glob("*"), *settings.reports_dir.glob("fraud_*")])
     (work / "summary.json").write_text(json.dumps(asdict(report), indent=2, default=str))
@@ -351,6 +382,7 @@ def print_summary(report: DemoReport, settings: Settings, echo: Callable[[str], 
     echo("drift reports:")
     for path in report.reports:
         echo(f"  {path}")
+    demo_monitor.print_monitoring(report, settings, echo)
     echo("explore the same state:")
     tracking = redact(settings.mlflow_tracking_uri)
     echo(f"  .venv/bin/mlflow ui --backend-store-uri {tracking} --port 5000")

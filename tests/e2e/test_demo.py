@@ -41,6 +41,7 @@ def _run_demo(argv: list[str], env: dict[str, str], cwd: Path, timeout: float) -
 
 
 def test_demo_promotes_after_drift_and_the_service_hot_reloads(pg_base_dir: Path) -> None:
+    """The whole story, with the performance monitor and the alerts after the new pattern."""
     home = pg_base_dir / "demo"  # reachable by the postgres OS user when we are root
     home.mkdir()
     port = pgserver.free_port()
@@ -94,8 +95,36 @@ def test_demo_promotes_after_drift_and_the_service_hot_reloads(pg_base_dir: Path
     assert all(p.exists() and p.stat().st_size > 10_000 for p in reports)
     assert "hot reload: every worker served v3" in proc.stdout
     assert "drift reports:" in proc.stdout
+    _assert_monitoring(summary, proc.stdout)
     # The service was stopped gracefully: its workers shipped their whole spool before exiting.
     assert not list((home / "state").rglob("*.spool"))
+
+
+def _assert_monitoring(summary: dict[str, Any], stdout: str) -> None:
+    """The performance monitor ran twice after the new-pattern week: v1's cohort provisional
+    (labels still arriving), then mature with the drop; the demo's receiver got the alerts."""
+    provisional, mature = summary["performance"]
+    assert [c["mature"] for c in provisional["cohorts"]] == [False]
+    assert provisional["cohorts"][0]["model_version"] == "1"
+    assert 0 < provisional["cohorts"][0]["label_coverage"] < 1
+    assert not provisional["drop_detected"]
+    (cohort,) = [c for c in mature["cohorts"] if c["model_version"] == "1"]
+    assert cohort["mature"] and cohort["n"] >= 2 * 7 * 4000
+    assert mature["drop_detected"] and mature["champion_version"] == "1"
+    assert "below the champion's validation" in mature["reasons"][0]
+    for run in (provisional, mature):
+        assert Path(run["json_path"]).exists() and Path(run["html_path"]).stat().st_size > 10_000
+    assert summary["webhook_url"].startswith("http://127.0.0.1:")
+    kinds = [a["kind"] for a in summary["alerts"]]
+    assert {"drift_detected", "performance_below_tolerance"} <= set(kinds), kinds
+    assert "challenger_promoted" in kinds
+    assert "DROP: average_precision" in stdout
+    assert "performance_below_tolerance  average_precision of v1 fell below" in stdout
+    assert (
+        "monitoring dashboard: make ui (= .venv/bin/fraud ui), then http://127.0.0.1:8001" in stdout
+    )
+    assert "classification reports (fraud_performance_monitor, HTML + JSON):" in stdout
+    assert mature["html_path"] in stdout
 
 
 def test_demo_reset_refuses_a_database_it_did_not_start(tmp_path: Path) -> None:
