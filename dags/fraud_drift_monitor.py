@@ -27,6 +27,7 @@ from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, t
 from airflow.sdk.exceptions import AirflowSkipException
 
 from fraud_lib import assets
+from fraud_lib.dag_defaults import monitor_dag_args
 
 log = logging.getLogger("fraudloop.dags.fraud_drift_monitor")
 
@@ -39,17 +40,7 @@ DRIFT_ASSET = assets.airflow_asset(assets.DRIFT)
     dag_id="fraud_drift_monitor",
     schedule=CronTriggerTimetable("0 0 * * *", timezone="UTC", interval=timedelta(days=1)),
     start_date=datetime(2024, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    dagrun_timeout=timedelta(minutes=30),
-    tags=["fraudloop", "ml", "monitoring"],
-    default_args={
-        "owner": "fraudloop",
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=5),
-    },
+    **monitor_dag_args(),
     doc_md=__doc__,
     params={
         "lookback_days": Param(

@@ -29,6 +29,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from fraud_lib import assets
 from fraud_lib.config import PERFORMANCE_METRICS
+from fraud_lib.dag_defaults import monitor_dag_args
 
 log = logging.getLogger("fraudloop.dags.fraud_performance_monitor")
 
@@ -62,17 +63,7 @@ def _alert(decision: dict[str, Any], summary: dict[str, Any]) -> None:
     dag_id="fraud_performance_monitor",
     schedule=CronTriggerTimetable("0 0 * * *", timezone="UTC", interval=timedelta(days=1)),
     start_date=datetime(2024, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    dagrun_timeout=timedelta(minutes=30),
-    tags=["fraudloop", "ml", "monitoring"],
-    default_args={
-        "owner": "fraudloop",
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=5),
-    },
+    **monitor_dag_args(),
     doc_md=__doc__,
     params={
         "label_window_days": _optional(
