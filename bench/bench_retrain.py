@@ -255,24 +255,34 @@ def scaling(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[SIZES[0]],
-                        help="labeled rows in the window; several sizes: one run each")  # fmt: skip
+    parser.add_argument("--rows", type=int, nargs="*", default=None,
+                        help="labeled rows in the window; several sizes: one run each "
+                        "(default 284,807; none with --include: only merge)")  # fmt: skip
     parser.add_argument("--scaling", action="store_true",
                         help=f"run the sizes {', '.join(f'{n:,}' for n in SIZES)}")  # fmt: skip
     parser.add_argument("--scenario", default="new_pattern", help="drift in the window's 2nd half")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs")
+    parser.add_argument("--include", type=Path, nargs="*", default=[],
+                        help="earlier results (a retrain.json each) to put in the scaling "
+                        "summary before this invocation's runs")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=BENCH / "results" / "retrain.json",
+                        help="where the last run's result goes")  # fmt: skip
     args = parser.parse_args()
     sizes = list(SIZES) if args.scaling else args.rows
+    if sizes is None:
+        sizes = [] if args.include else [SIZES[0]]
     results = []
     for rows in sizes:
         results.append(run_once(rows, args.scenario, args.keep))
         print_run(results[-1])
-    out = BENCH / "results" / "retrain.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results[-1], indent=2, default=str) + "\n")
-    print(f"written: {out}")
+    if results:
+        args.out.parent.mkdir(exist_ok=True)
+        args.out.write_text(json.dumps(results[-1], indent=2, default=str) + "\n")
+        print(f"written: {args.out}")
+    results = [*(json.loads(p.read_text()) for p in args.include), *results]  # read at the end
     if len(results) > 1:
         out = BENCH / "results" / "retrain_scaling.json"
+        out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(scaling(results), indent=2, default=str) + "\n")
         print(f"written: {out}")
 
