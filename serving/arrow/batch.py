@@ -33,6 +33,8 @@ from serving.validation import (
 FLOAT64 = pa.float64()
 STRINGS = (pa.string(), pa.large_string())
 NOT_FINITE = "must be a finite number (NaN and Infinity are not allowed)"
+TYPE_NAMES = {FLOAT64: "float64", pa.string(): "utf8", pa.large_string(): "large_utf8",
+              pa.bool_(): "bool"}  # fmt: skip  # as the Arrow format names them
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,7 @@ class ColumnRule:
     @property
     def type_names(self) -> list[str]:
         """The accepted types as the Arrow format names them (``float64``, ``utf8``)."""
-        names = {FLOAT64: "float64", pa.string(): "utf8", pa.large_string(): "large_utf8"}
-        return ["any"] if self.types is None else [names[t] for t in self.types]
+        return ["any"] if self.types is None else [TYPE_NAMES[t] for t in self.types]
 
 
 _KINDS = {

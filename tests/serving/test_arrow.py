@@ -191,3 +191,24 @@ def test_hostile_bodies_under_gunicorn_log_nothing_and_valid_ones_exactly(
     assert store.prediction_count(pg_engine) == len(acked) == 15
     assert sum(sizes.values()) == 3  # the batch-size histogram saw the 3 accepted requests
     assert "Traceback" not in service.log()
+
+
+def test_the_document_describes_the_arrow_columns_the_service_takes_and_answers(client, frames):
+    post = client.get("/openapi.json").get_json()["paths"]["/v1/score"]["post"]
+    request_columns = post["requestBody"]["content"][ARROW]["x-arrow-columns"]
+    row = rows_of(frames, 1)[0]
+    kinds = {"float64": pa.float64(), "utf8": pa.string(), "large_utf8": pa.large_string()}
+    required = {c["name"]: kinds[c["types"][0]] for c in request_columns if c["required"]}
+    assert list(required) == list(SCHEMA.features)
+    table = pa.table({name: pa.array([row[name]], kind) for name, kind in required.items()})
+    resp = _post(client, stream(table))
+    assert resp.status_code == 200, resp.get_json()
+    optional = [c for c in request_columns if not c["required"]]
+    assert {c["name"] for c in optional} == {"transaction_id", "event_time", "Time", "Class"}
+    answer_columns = post["responses"]["200"]["content"][ARROW]["x-arrow-columns"]
+    names = {pa.string(): "utf8", pa.float64(): "float64", pa.bool_(): "bool"}
+    answered = _answer(resp.data).schema
+    assert [(c["name"], c["types"]) for c in answer_columns] == [
+        (f.name, [names[f.type]]) for f in answered
+    ]
+    assert ARROW in post["responses"]["415"]["description"]
