@@ -33,6 +33,7 @@ MAX_FIELD_ERRORS = 50
 # What a 5xx body says instead of exception text, paths or URLs (which go to the server log).
 SEE_LOG = "the server log has the details"
 JSON_TYPES = ("application/json",)
+JSON_BODY = "JSON with Content-Type: application/json"
 LABEL_VALUES = (0, 1)
 TIMESTAMP_EXAMPLE = "2024-05-01T12:00:00Z"
 
@@ -83,16 +84,28 @@ def _invalid_json(body: bytes, exc: msgspec.DecodeError) -> ApiError:
     return ApiError(400, "invalid_json", f"the body is not valid JSON: {reason}")
 
 
+def is_json(request: Request) -> bool:
+    """True when the request's content type is JSON (``application/json`` or ``+json``)."""
+    mimetype = request.mimetype or ""
+    return mimetype in JSON_TYPES or mimetype.endswith("+json")
+
+
+def unsupported_media_type(request: Request, accepted: str = JSON_BODY) -> ApiError:
+    """The 415 of a body sent as another content type than ``accepted``."""
+    got = request.mimetype or "none"
+    return ApiError(415, "unsupported_media_type", f"send the body as {accepted} (got {got!r})")
+
+
 def read_json_body(request: Request) -> bytes:
     """The raw request body: 415 unless the content type is JSON, 413 beyond
     ``MAX_CONTENT_LENGTH``."""
-    mimetype = request.mimetype or ""
-    if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"send the body as JSON with Content-Type: application/json (got {mimetype or 'none'!r})",
-        )
+    if not is_json(request):
+        raise unsupported_media_type(request)
+    return read_body(request)
+
+
+def read_body(request: Request) -> bytes:
+    """The raw request body whatever its content type; 413 beyond ``MAX_CONTENT_LENGTH``."""
     stream, length = request.environ.get("wsgi.input"), request.content_length
     if isinstance(stream, BulkBody) and length is not None:  # under gunicorn: in one read
         limit = request.max_content_length
@@ -134,18 +147,29 @@ def parse_json(request: Request) -> Any:
     return decode_json(read_json_body(request))
 
 
-def _bad_fields(errors: dict[str, str], what: str) -> ApiError:
+def bad_fields(errors: dict[str, str], what: str, total: int | None = None) -> ApiError:
+    """The 400 naming the first :data:`MAX_FIELD_ERRORS` of ``errors`` (of ``total`` problems
+    in all, default ``len(errors)``)."""
     shown = dict(list(errors.items())[:MAX_FIELD_ERRORS])
-    more = len(errors) - len(shown)
-    suffix = f" (first {len(shown)} of {len(errors)} shown)" if more else ""
+    total = len(errors) if total is None else total
+    suffix = f" (first {len(shown)} of {total} shown)" if total > len(shown) else ""
     return ApiError(400, "invalid_input", f"{what} failed validation{suffix}", shown)
+
+
+def batch_too_large(n: int, key: str, max_items: int) -> ApiError:
+    """The 413 of a batch of ``n`` ``key`` beyond ``max_items`` (FRAUD_MAX_BATCH)."""
+    return ApiError(
+        413,
+        "batch_too_large",
+        f"{n} {key} in one request; the maximum is {max_items} (FRAUD_MAX_BATCH): split the batch",
+    )
 
 
 def _list_payload(payload: Any, key: str, max_items: int, item: str) -> list[Any]:
     """The non-empty list under ``key`` of an object holding nothing else."""
     extra = [k for k in payload if k != key]
     if extra:
-        raise _bad_fields(
+        raise bad_fields(
             {str(k): f"unknown field; a {item} batch holds only {key!r}" for k in extra},
             "the request",
         )
@@ -158,12 +182,7 @@ def _list_payload(payload: Any, key: str, max_items: int, item: str) -> list[Any
             {key: "must be a non-empty list"},
         )
     if len(items) > max_items:
-        raise ApiError(
-            413,
-            "batch_too_large",
-            f"{len(items)} {key} in one request; the maximum is {max_items} "
-            "(FRAUD_MAX_BATCH): split the batch",
-        )
+        raise batch_too_large(len(items), key, max_items)
     return items
 
 
@@ -333,7 +352,7 @@ def validate_transactions(payload: Any, schema: FeatureSchema, max_batch: int) -
         ids.append(tx)
         events.append(event)
     if errors:
-        raise _bad_fields(errors, "the batch" if batch else "the transaction")
+        raise bad_fields(errors, "the batch" if batch else "the transaction")
     out = Transactions(batch=batch, ids=ids, event_times=events)
     if schema.categorical:
         out.records = records
@@ -388,5 +407,5 @@ def validate_labels(payload: Any, max_batch: int, bounds: TimestampBounds) -> li
             {"transaction_id": str(tx), "label": label, "labeled_at": labeled_at, "source": "api"}
         )
     if errors:
-        raise _bad_fields(errors, "the labels")
+        raise bad_fields(errors, "the labels")
     return rows
