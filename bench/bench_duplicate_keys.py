@@ -5,8 +5,9 @@
 
 For a batch of ``--rows`` transactions (the ULB schema: 29 features, a 32-hex-digit id and
 Time each) and for one transaction, it times the decode the service does (the typed batch
-decode, the generic decode of one transaction), the part of it that is the quote count (the
-check every body pays), and the exact check (``json`` keeping every pair), which a body pays
+decode, and the generic decode that one transaction, a batch for a categorical schema and a
+batch with a problem take), the part of it that is the quote count (the check every body
+pays), and the exact check (``json`` keeping every pair), which a body pays
 only when the count finds a surplus; printed as a table and written to
 ``bench/results/duplicate_keys.json`` with the load average.
 """
@@ -79,11 +80,15 @@ def measure(rows: int, repeat: int) -> list[dict[str, Any]]:
     records = _records(rows)
     batch = json.dumps({"transactions": records}).encode()
     one = json.dumps(records[0]).encode()
-    value = decode_json(one)
+    value, generic = decode_json(one), decode_json(batch)
     cases = [
         (f"batch of {rows:,}", "typed decode (service path, check included)",
          lambda: typed_batch.decode_batch(batch, SCHEMA, rows), repeat),
         (f"batch of {rows:,}", "quote count (in the line above)", _batch_check(batch), repeat),
+        (f"batch of {rows:,}", "generic decode (categorical schemas; check included)",
+         lambda: decode_json(batch), repeat),
+        (f"batch of {rows:,}", "quote count (in the line above)",
+         lambda: body_quotes(batch) == implied_quotes((generic,)), repeat),
         (f"batch of {rows:,}", "exact check (only on a surplus)",
          lambda: duplicate_keys(batch), max(3, repeat // 5)),
         ("one transaction", "generic decode (service path, check included)",
