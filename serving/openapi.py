@@ -128,7 +128,8 @@ def _responses(ok: str, ok_schema: Any, errors: dict[int, str]) -> dict[str, Any
 
 
 BODY_ERRORS = {
-    400: "invalid JSON or a field that fails validation (`fields` names each)",
+    400: "invalid JSON (`invalid_json`), an object that repeats a key (`duplicate_key`) or a "
+    "field that fails validation (`invalid_input`); `fields` names each",
     413: "the body (FRAUD_MAX_BODY_BYTES) or the batch (FRAUD_MAX_BATCH) is too large",
     415: "the body is not sent as application/json",
 }

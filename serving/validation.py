@@ -27,6 +27,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from fraud_lib.errors import DataError
 from fraud_lib.input_rules import MAX_ID_LENGTH, TimestampBounds, id_error
 from fraud_lib.schema import FeatureSchema
+from fraud_lib.unique_keys import body_quotes, duplicate_error, duplicate_keys, implied_quotes
 from serving.request_body import BulkBody
 
 MAX_FIELD_ERRORS = 50
@@ -115,9 +116,23 @@ def read_body(request: Request) -> bytes:
     return request.get_data(cache=False)  # 413 from MAX_CONTENT_LENGTH is raised here
 
 
+def _refuse_repeated_keys(body: bytes) -> None:
+    """400 naming each repeated key of ``body`` (valid JSON), e.g. ``transactions[3].V1``."""
+    try:
+        places = duplicate_keys(body, MAX_FIELD_ERRORS)
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
+    if places:
+        error = duplicate_error(places, "the body")
+        raise ApiError(400, "duplicate_key", str(error), error.fields)
+
+
 def decode_json(body: bytes) -> Any:
     """``body`` as JSON; 400 if malformed (NaN and Infinity tokens, invalid UTF-8, lone
-    surrogates and too deep nesting included).
+    surrogates, a repeated key and too deep nesting included).
+
+    A repeated key is looked for (``json`` keeping every pair) only when the decoded value
+    does not account for every ``"`` of the body (:mod:`fraud_lib.unique_keys`).
 
     msgspec decodes (~4x faster than ``json`` on a 10,000-transaction batch, same values:
     floats correctly rounded, integers of any size). It refuses a number beyond float range
@@ -125,7 +140,7 @@ def decode_json(body: bytes) -> Any:
     which turns the first into ``inf`` (a field error in validation) and refuses the second.
     """
     try:
-        return _DECODER.decode(body)
+        value = _DECODER.decode(body)
     except msgspec.ValidationError:
         pass  # a number out of range: json below decides
     except msgspec.DecodeError as exc:
@@ -134,12 +149,18 @@ def decode_json(body: bytes) -> Any:
         raise ApiError(400, "invalid_json", f"the body is not valid UTF-8: {exc}") from None
     except RecursionError:
         raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
+    else:
+        if body_quotes(body) != implied_quotes((value,)):
+            _refuse_repeated_keys(body)
+        return value
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        value = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
+    _refuse_repeated_keys(body)
+    return value
 
 
 def parse_json(request: Request) -> Any:
