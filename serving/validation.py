@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import numpy as np
 from flask import Request
+from gunicorn.http import errors as http_parse
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from fraud_lib.errors import DataError
@@ -33,6 +34,14 @@ MAX_FIELD_ERRORS = 50
 # What a 5xx body says instead of exception text, paths or URLs (which go to the server log).
 SEE_LOG = "the server log has the details"
 JSON_TYPES = ("application/json",)
+# What gunicorn raises while the app reads a malformed chunked body (its trailer fields included).
+BODY_PARSE_ERRORS = (
+    http_parse.ParseException,
+    http_parse.NoMoreData,
+    http_parse.InvalidChunkSize,
+    http_parse.ChunkMissingTerminator,
+    http_parse.InvalidChunkExtension,
+)
 LABEL_VALUES = (0, 1)
 TIMESTAMP_EXAMPLE = "2024-05-01T12:00:00Z"
 
@@ -85,7 +94,7 @@ def _invalid_json(body: bytes, exc: msgspec.DecodeError) -> ApiError:
 
 def read_json_body(request: Request) -> bytes:
     """The raw request body: 415 unless the content type is JSON, 413 beyond
-    ``MAX_CONTENT_LENGTH``."""
+    ``MAX_CONTENT_LENGTH``, 400 for a chunked body gunicorn cannot parse (e.g. its trailers)."""
     mimetype = request.mimetype or ""
     if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
         raise ApiError(
@@ -99,7 +108,10 @@ def read_json_body(request: Request) -> bytes:
         if limit is not None and length > limit:
             raise RequestEntityTooLarge()
         return stream.read_rest()
-    return request.get_data(cache=False)  # 413 from MAX_CONTENT_LENGTH is raised here
+    try:
+        return request.get_data(cache=False)  # 413 from MAX_CONTENT_LENGTH is raised here
+    except BODY_PARSE_ERRORS as exc:
+        raise ApiError(400, "bad_request", f"the chunked body is malformed: {exc}") from None
 
 
 def decode_json(body: bytes) -> Any:
