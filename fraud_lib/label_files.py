@@ -8,7 +8,9 @@ value raises :class:`DataError` naming its row (0 = the first data row) and what
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,16 @@ def _check_text(p: Path) -> None:
     if (at := raw.find(b"\x00")) >= 0:
         line = raw.count(b"\n", 0, at) + 1
         raise DataError(f"{p}: line {line} holds a NUL byte; ids and values cannot contain NUL")
+    _check_header(p, raw.decode("utf-8-sig"))
+
+
+def _check_header(p: Path, text: str) -> None:
+    """Refuse a header that names a column twice: the CSV parser would rename the second
+    (``label.1``) and the import would silently keep the first of two conflicting values."""
+    header = next(csv.reader(io.StringIO(text)), [])
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise DataError(f"{p}: the header names column(s) {', '.join(twice)} more than once")
 
 
 def _missing(value: Any) -> bool:

@@ -154,8 +154,9 @@ def test_labels_import_reports_unknown_ids(tmp_path, cli_env):
         (b"transaction_id,label\nt-1,1\nt-2,\n", ["row 1 has no label; labels must be 0 or 1"]),
         (b"transaction_id,label\nt-1,yes\n", ["row 0 has label 'yes'; labels must be 0 or 1"]),
         (b"transaction_id,label\nt-1,1\nt-\xff2,0\n", ["line 3 is not valid UTF-8 (byte 0xff)"]),
+        (b"transaction_id,label,label\nt-1,1,0\n", ["names column(s) label more than once"]),
     ],
-    ids=["nul", "long-id", "1600", "9999", "digits", "non-iso", "nan", "yes", "utf8"],
+    ids=["nul", "long-id", "1600", "9999", "digits", "non-iso", "nan", "yes", "utf8", "dup-column"],
 )
 def test_labels_import_refuses_hostile_files(tmp_path, cli_env, pg_engine, content, fragments):
     path = tmp_path / "labels.csv"
