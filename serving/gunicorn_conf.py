@@ -60,9 +60,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 
 def _metrics_dir() -> str:
-    """``PROMETHEUS_MULTIPROC_DIR`` if set, else a fresh ``state_dir/prometheus/<host>-<pid>``
-    (directories of this host's masters that are gone are removed)."""
+    """``PROMETHEUS_MULTIPROC_DIR`` if set (created if missing), else a fresh
+    ``state_dir/prometheus/<host>-<pid>`` (directories of this host's masters that are gone
+    are removed)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
         return os.environ["PROMETHEUS_MULTIPROC_DIR"]
     from fraud_lib.config import Settings  # light: no numpy, no flask
 

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import numpy as np
 from flask import Request
+from gunicorn.http import errors as http_parse
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from fraud_lib.errors import DataError
@@ -35,6 +36,14 @@ MAX_FIELD_ERRORS = 50
 SEE_LOG = "the server log has the details"
 JSON_TYPES = ("application/json",)
 JSON_BODY = "JSON with Content-Type: application/json"
+# What gunicorn raises while the app reads a malformed chunked body (its trailer fields included).
+BODY_PARSE_ERRORS = (
+    http_parse.ParseException,
+    http_parse.NoMoreData,
+    http_parse.InvalidChunkSize,
+    http_parse.ChunkMissingTerminator,
+    http_parse.InvalidChunkExtension,
+)
 LABEL_VALUES = (0, 1)
 TIMESTAMP_EXAMPLE = "2024-05-01T12:00:00Z"
 
@@ -106,14 +115,18 @@ def read_json_body(request: Request) -> bytes:
 
 
 def read_body(request: Request) -> bytes:
-    """The raw request body whatever its content type; 413 beyond ``MAX_CONTENT_LENGTH``."""
+    """The raw request body whatever its content type; 413 beyond ``MAX_CONTENT_LENGTH``,
+    400 for a chunked body gunicorn cannot parse (e.g. its trailers)."""
     stream, length = request.environ.get("wsgi.input"), request.content_length
     if isinstance(stream, BulkBody) and length is not None:  # under gunicorn: in one read
         limit = request.max_content_length
         if limit is not None and length > limit:
             raise RequestEntityTooLarge()
         return stream.read_rest()
-    return request.get_data(cache=False)  # 413 from MAX_CONTENT_LENGTH is raised here
+    try:
+        return request.get_data(cache=False)  # 413 from MAX_CONTENT_LENGTH is raised here
+    except BODY_PARSE_ERRORS as exc:
+        raise ApiError(400, "bad_request", f"the chunked body is malformed: {exc}") from None
 
 
 def _refuse_repeated_keys(body: bytes) -> None:

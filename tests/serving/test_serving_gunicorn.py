@@ -227,3 +227,12 @@ def test_a_large_batch_is_logged_exactly_and_an_oversized_body_is_413(
         timeout=60,
     )  # fmt: skip
     assert resp.status_code == 413 and "FRAUD_MAX_BODY_BYTES" in resp.json()["error"]["message"]
+
+
+def test_a_metrics_dir_that_does_not_exist_yet_is_created(start_service, tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR naming a directory that is not there made every worker fail
+    to boot with a traceback (red-team finding); it is created like the default one."""
+    metrics_dir = tmp_path / "not-yet" / "metrics"
+    service = start_service(workers=1, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    assert requests.get(service.url + "/metrics", timeout=10).status_code == 200
+    assert metrics_dir.is_dir()

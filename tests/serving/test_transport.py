@@ -156,6 +156,34 @@ def test_malformed_requests_get_a_clean_4xx_and_the_log_stays_exact(one_worker, 
     assert "Traceback" not in one_worker.log()
 
 
+def test_a_chunked_body_with_malformed_trailers_gets_400(one_worker, frames, pg_engine):
+    """gunicorn parses a chunked body's trailer fields while the app reads the body; a trailer
+    it refuses (too long, too many, a forbidden or malformed field) is the client's error."""
+    row = json.dumps(rows_of(frames, 1)[0]).encode()
+    label = b'{"labels": [{"transaction_id": "t-1", "label": 1}]}'
+    trailers = {
+        "too long": b"X-T: " + b"t" * 9000 + b"\r\n",
+        "too many": b"".join(b"X-%d: a\r\n" % i for i in range(150)),
+        "Content-Length": b"Content-Length: 5\r\n",
+        "no colon": b"nocolon\r\n",
+        "NUL in value": b"X-A: a\x00b\r\n",
+        "obsolete folding": b"X-A: a\r\n b\r\n",
+    }
+    for path, body in (("/v1/score", row), ("/v1/labels", label)):
+        for name, fields in trailers.items():
+            data = chunked(body)[: -len(b"\r\n")] + fields + b"\r\n"
+            raw = exchange(port := one_worker.port, post(path, data, "Transfer-Encoding: chunked",
+                                                         "Connection: close"))  # fmt: skip
+            assert statuses(raw) == [400], f"{path} {name}: {raw[:300]!r}"
+            assert error_of(raw)["code"] == "bad_request", f"{path} {name}"
+    resp = requests.post(f"http://127.0.0.1:{port}/v1/score", data=row, timeout=10,
+                         headers={"Content-Type": "application/json"})  # fmt: skip
+    assert resp.status_code == 200
+    wait_logged(pg_engine, [resp.json()["prediction_id"]])
+    assert store.prediction_count(pg_engine) == 1
+    assert "Traceback" not in one_worker.log()
+
+
 def _pipelined(port: int, row: bytes) -> list[dict]:
     one = post("/v1/score", row, f"Content-Length: {len(row)}")
     raw = exchange(port, one + one + post("/v1/score", row, f"Content-Length: {len(row)}",
