@@ -43,7 +43,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from fraud_lib import assets
+from fraud_lib import assets, retrain_params
 
 log = logging.getLogger("fraudloop.dags.fraud_retrain")
 
@@ -57,10 +57,6 @@ IO_RETRIES: dict[str, Any] = {
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=5),
 }
-
-
-def _optional(kind: str, description: str, **bounds: Any) -> Param:
-    return Param(None, type=["null", kind], description=description, **bounds)
 
 
 def _run_facts() -> tuple[Any, dict[str, Any], datetime]:
@@ -95,52 +91,8 @@ def _param(params: dict[str, Any], name: str, default: Any) -> Any:
     default_args={"owner": "fraudloop", "retries": 1, "retry_delay": timedelta(minutes=1)},
     doc_md=__doc__,
     params={
-        "train_window_days": _optional(
-            "integer",
-            "Days of scored traffic (by scoring time, ending at the run's interval end) to "
-            "train and evaluate on. Empty: FRAUD_TRAIN_WINDOW_DAYS (28).",
-            minimum=2,
-            maximum=730,
-        ),
-        "eval_window_days": _optional(
-            "number",
-            "The last N days of event time in the window are held out: champion and "
-            "challenger are compared there. Empty: FRAUD_EVAL_WINDOW_DAYS (3).",
-            minimum=0.1,
-            maximum=90,
-        ),
-        "model_type": Param(
-            "hgb",
-            type="string",
-            enum=["hgb", "lr", "rf"],
-            description="Challenger model: hgb = HistGradientBoosting, lr = logistic "
-            "regression, rf = random forest.",
-        ),
-        "resample": Param(
-            "none",
-            type="string",
-            enum=["none", "smote", "undersample"],
-            description="Resampling of the training rows only: none (class weights), smote "
-            "(frauds to 10% of legit), undersample (legit to 10:1).",
-        ),
-        "min_improvement": _optional(
-            "number",
-            "Average-precision gain the challenger needs over the champion to be promoted. "
-            "Empty: FRAUD_PROMOTE_MIN_IMPROVEMENT (0.005).",
-            minimum=0,
-            maximum=1,
-        ),
-        "force_promotion": Param(
-            False,
-            type="boolean",
-            description="Promote the challenger even if the gate says no (floors and margin "
-            "skipped; the decision is still recorded).",
-        ),
-        "dry_run": Param(
-            False,
-            type="boolean",
-            description="Decide and record the decision, but do not move the champion alias.",
-        ),
+        name: Param(spec["default"], **retrain_params.schema_of(name))
+        for name, spec in retrain_params.PARAMS.items()
     },
 )
 def fraud_retrain() -> None:

@@ -18,20 +18,11 @@ from sklearn.linear_model import LogisticRegression
 from fraud_lib.errors import ConfigError, DataError
 from fraud_lib.evaluate import choose_threshold, compute_metrics
 from fraud_lib.features import build_preprocessor, model_frame, predict_scores
+from fraud_lib.retrain_params import MODEL_TYPES, RESAMPLERS
 from fraud_lib.schema import FeatureSchema
 
 log = logging.getLogger(__name__)
 
-MODEL_TYPES = {
-    "hgb": "HistGradientBoosting, early stopping on the time-ordered validation slice",
-    "lr": "logistic regression on standardised features, class-weighted",
-    "rf": "random forest, 200 trees, balanced class weights per bootstrap",
-}
-RESAMPLERS = {
-    "none": "no resampling (class weights handle the imbalance)",
-    "smote": "SMOTE oversampling of frauds to 10% of legit, training rows only",
-    "undersample": "random undersampling of legit rows to 10:1, training rows only",
-}
 MIN_TRAIN_FRAUDS = 5
 REFERENCE_ROWS = 10_000
 

@@ -6,6 +6,8 @@ import click
 
 from fraud_lib.cli.base import _engine, _settings, cli, say
 
+MAX_ROWS = 100_000_000  # what one generated file may hold (~25 GB of ULB rows in memory)
+
 
 @cli.command()
 @click.option(
@@ -19,14 +21,16 @@ from fraud_lib.cli.base import _engine, _settings, cli, say
     "--days",
     default=28,
     show_default=True,
-    type=click.IntRange(1),
+    type=click.IntRange(1, 3650),
     help="Days of history to generate.",
 )
-@click.option("--rows-per-day", default=10_000, show_default=True, type=click.IntRange(10))
+@click.option(
+    "--rows-per-day", default=10_000, show_default=True, type=click.IntRange(10, MAX_ROWS)
+)
 @click.option(
     "--rows",
     "total_rows",
-    type=click.IntRange(10),
+    type=click.IntRange(10, MAX_ROWS),
     help="Exact total row count (overrides --rows-per-day), e.g. 284807.",
 )
 @click.option(
@@ -53,8 +57,8 @@ from fraud_lib.cli.base import _engine, _settings, cli, say
     type=click.IntRange(0),
     help="First day index, to continue an earlier history.",
 )
-@click.option("--label-delay-days", default=3.0, show_default=True, type=click.FloatRange(0))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--label-delay-days", default=3.0, show_default=True, type=click.FloatRange(0, 365))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option(
     "--kind",
     default="ulb",
@@ -80,6 +84,11 @@ def generate(
     from fraud_lib import data
     from fraud_lib.features.raw_data import generate_raw
 
+    if total_rows is None and days * rows_per_day > MAX_ROWS:
+        raise click.BadParameter(
+            f"--days x --rows-per-day = {days * rows_per_day:,} rows; at most {MAX_ROWS:,}",
+            param_hint="--rows-per-day",
+        )
     say(f"generating {days} day(s) of {kind} transactions (scenario={scenario}, seed={seed})")
     df = (generate_raw if kind == "raw" else data.generate)(
         days,

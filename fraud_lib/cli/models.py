@@ -17,7 +17,9 @@ from fraud_lib.cli.base import (
     print_table,
     say,
 )
+from fraud_lib.config import THRESHOLD_RULES
 from fraud_lib.errors import FraudError
+from fraud_lib.retrain_params import MODEL_TYPES, RESAMPLERS
 
 METRIC_ROWS = (
     "average_precision",
@@ -66,14 +68,14 @@ def _load(path: str, schema: Any) -> Any:
     "model_type",
     default="hgb",
     show_default=True,
-    type=click.Choice(["hgb", "lr", "rf"]),
+    type=click.Choice(list(MODEL_TYPES)),
     help="Model family.",
 )
 @click.option(
     "--resample",
     default="none",
     show_default=True,
-    type=click.Choice(["none", "smote", "undersample"]),
+    type=click.Choice(list(RESAMPLERS)),
     help="imbalanced-learn resampling of the training rows only.",
 )
 @click.option(
@@ -92,7 +94,7 @@ def _load(path: str, schema: Any) -> Any:
 )
 @click.option(
     "--threshold-rule",
-    type=click.Choice(["f1", "cost", "precision"]),
+    type=click.Choice(THRESHOLD_RULES),
     help="Threshold selection rule (default: FRAUD_THRESHOLD_RULE or f1).",
 )
 @click.option(

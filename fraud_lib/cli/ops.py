@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from fraud_lib import unique_keys
+from fraud_lib import retrain_params, unique_keys
 from fraud_lib.cli.base import _engine, _settings, check_directory, cli, say
 from fraud_lib.config import Settings
 from fraud_lib.errors import ConfigError, FraudError
@@ -282,6 +282,7 @@ def retrain(
         raise FraudError(f"--conf is not valid JSON: {exc}") from None
     if not isinstance(conf, dict):
         raise FraudError('--conf must be a JSON object, e.g. \'{"model_type": "lr"}\'')
+    retrain_params.validate_conf(conf)
     check_directory(dags_folder, "--dags-folder")
     settings = _settings(ctx)
     env = airflow_local.airflow_env(settings, dags_folder)

@@ -307,3 +307,38 @@ def test_file_options_refuse_bad_paths_with_one_error_line(cli_env, hostile_file
     assert proc.returncode == 1, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("conf", "fragment"),
+    [
+        ('{"evil": 1}', "error: --conf: unknown key 'evil'; fraud_retrain takes"),
+        ('{"model_type": "rm -rf"}', "model_type='rm -rf' is invalid: 'rm -rf' is not one of"),
+        ('{"train_window_days": -1}', "-1 is less than the minimum of 2"),
+        ('{"train_window_days": 1e400}', "train_window_days=inf is invalid"),
+        ('{"eval_window_days": NaN}', "not a finite number"),
+        ('{"dry_run": "yes"}', "dry_run='yes' is invalid: 'yes' is not of type 'boolean'"),
+    ],
+    ids=["unknown", "enum", "minimum", "overflow", "nan", "type"],
+)
+def test_retrain_conf_is_validated_before_a_run_starts(tmp_path, cli_env, conf, fragment):
+    """Red-team finding: these started a DAG run (unknown keys were ignored by Airflow)."""
+    proc = run(["retrain", "--conf", conf], cli_env, tmp_path, ok=False)
+    _assert_clean_error(proc, fragment)
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "state" / "airflow").exists() or "dags test" not in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--seed", "-5"], ["--days", "99999999"], ["--days", "3000", "--rows-per-day", "1000000"]],
+    ids=["negative-seed", "huge-days", "too-many-rows"],
+)
+def test_generate_refuses_out_of_range_sizes_in_one_line(tmp_path, cli_env, args):
+    """Red-team finding: a negative seed was a ValueError traceback, huge sizes a MemoryError."""
+    proc = run(
+        ["generate", "--out", str(tmp_path / "x.parquet"), *args], cli_env, tmp_path, ok=False
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "Invalid value" in proc.stderr
+    assert not (tmp_path / "x.parquet").exists()
