@@ -18,7 +18,7 @@ import requests
 
 from fraud_lib import data, procs, promotion, registry, store
 from fraud_lib.config import Settings
-from fraud_lib.demo import SEND_COLUMNS, SCHEMA
+from fraud_lib.demo import SCHEMA, SEND_COLUMNS
 from fraud_lib.stack import runner
 from fraud_lib.stack.plan import StackPlan, fraud_env
 from fraud_lib.train import train_model
@@ -139,7 +139,7 @@ class Load:
                 continue
             answer = resp.json()
             self.versions[str(answer["model"]["version"])] += 1
-            self.acknowledged += [p["transaction_id"] for p in answer["predictions"]]
+            self.acknowledged += [p["prediction_id"] for p in answer["predictions"]]
             time.sleep(self.pause)
 
     def start(self) -> Load:
