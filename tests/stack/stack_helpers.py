@@ -186,3 +186,38 @@ def wait_running(af: Airflow, dag_id: str, run_id: str, task_id: str, timeout: f
             return ti["hostname"]
         time.sleep(0.5)
     raise AssertionError(f"{task_id} did not start within {timeout:.0f} s")
+
+
+@dataclass
+class ReplicaWatch:
+    """Polls each replica's /v1/model directly: when (epoch seconds) it first served each
+    version, to time the hot reload after a promotion."""
+
+    urls: list[str]
+    interval: float = 0.25
+    first_served: dict[str, dict[str, float]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for url in self.urls:
+                with contextlib.suppress(requests.RequestException):
+                    version = served_version(url)
+                    if version:
+                        self.first_served.setdefault(url, {}).setdefault(version, time.time())
+            time.sleep(self.interval)
+
+    def start(self) -> ReplicaWatch:
+        self._thread = threading.Thread(target=self._run, name="replica-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(30)
+
+    def reload_seconds(self, version: str, since: float) -> float:
+        """Seconds from ``since`` until the last replica served ``version``."""
+        return max(self.first_served[url][version] for url in self.urls) - since
