@@ -51,7 +51,7 @@ INTERNAL_PORTS = ("postgres", "redis", *SCORING_REPLICAS, "airflow-scheduler")
 # Settings the stack and compose must agree on (tests/test_compose.py compares them).
 CELERY_QUEUE = "default"
 WORKER_CONCURRENCY = "1"
-SCORING_WORKERS = "1"
+SCORING_WORKERS = "2"
 # Seconds without a task heartbeat before the scheduler fails the task (retried elsewhere):
 # Airflow's default is 300; a worker killed mid-task is noticed within this.
 TASK_HEARTBEAT_TIMEOUT = "30"
@@ -155,7 +155,7 @@ def fraud_env(plan: StackPlan, home: Path) -> dict[str, str]:
     alerts = {"FRAUD_ALERT_WEBHOOK_URL": plan.webhook_url} if plan.webhook_url else {}
     return {
         **alerts,
-        "FRAUD_DATABASE_URL": plan.database_url("fraud", "postgresql+psycopg"),
+        "FRAUD_DATABASE_URL": plan.database_url("fraud", "postgresql"),
         "MLFLOW_TRACKING_URI": plan.url("mlflow"),
         "FRAUD_ADMIN_TOKEN": plan.secret("admin-token"),
         "FRAUD_SCORING_URL": plan.url("nginx"),
