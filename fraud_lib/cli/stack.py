@@ -27,7 +27,8 @@ def _plan(ctx: click.Context, stack_dir: str | None, free_ports: bool = False) -
 
     settings = _settings(ctx)
     base = Path(stack_dir) if stack_dir else settings.state_dir / "stack"
-    return StackPlan.create(base, free_ports=free_ports, webhook_url=settings.alert_webhook_url)
+    return StackPlan.create(base, free_ports=free_ports, webhook_url=settings.alert_webhook_url,
+                            redis_url=settings.redis_url)  # fmt: skip
 
 
 @cli.group()

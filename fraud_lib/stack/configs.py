@@ -1,4 +1,4 @@
-"""Config files the stack writes for nginx, Prometheus, Alertmanager and Redis, each in its
+"""Config files the stack writes for nginx, Prometheus and Alertmanager, each in its
 service's ``conf/`` directory. They follow the compose deployment's files in deploy/ (same
 rules file, same scrape job and Alertmanager route), with 127.0.0.1 ports for host names."""
 
@@ -66,19 +66,6 @@ http {{
 }}
 """
 
-REDIS_CONF = """\
-# Written by `fraud stack up`: the Celery broker, on 127.0.0.1 only, with a password.
-bind 127.0.0.1
-port {port}
-protected-mode yes
-daemonize no
-dir {home}/data
-logfile {home}/redis.log
-save ""
-appendonly yes
-include {home}/conf/password.conf
-"""
-
 
 def _private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` readable by its owner only (it holds a secret)."""
@@ -132,21 +119,10 @@ def alertmanager(plan: StackPlan) -> Path:
     return path
 
 
-def redis(plan: StackPlan) -> Path:
-    """redis.conf; the password in an included 0600 file."""
-    home = plan.home("redis")
-    (home / "data").mkdir(parents=True, exist_ok=True)
-    _private(home / "conf" / "password.conf", f"requirepass {plan.secret('redis-password')}\n")
-    path = home / "conf" / "redis.conf"
-    path.write_text(REDIS_CONF.format(home=home, port=plan.ports["redis"]))
-    return path
-
-
 def write_all(plan: StackPlan) -> None:
     """Every generated config of the stack."""
-    for name in ("nginx", "prometheus", "alertmanager", "redis"):
+    for name in ("nginx", "prometheus", "alertmanager"):
         (plan.home(name) / "conf").mkdir(parents=True, exist_ok=True)
     nginx(plan)
     prometheus(plan)
     alertmanager(plan)
-    redis(plan)

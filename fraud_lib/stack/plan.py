@@ -18,6 +18,7 @@ from fraud_lib import pgauth
 from fraud_lib.airflow_local import DEFAULT_DAGS_FOLDER, console_script
 from fraud_lib.pgproc import free_port
 from fraud_lib.pgserver import EmbeddedPostgres
+from fraud_lib.redisserver import EmbeddedRedis
 
 # The services, in start order (down stops them in reverse). Same names as in compose.
 SCORING_REPLICAS = ("scoring-1", "scoring-2")
@@ -57,8 +58,6 @@ SCORING_WORKERS = "2"
 TASK_HEARTBEAT_TIMEOUT = "30"
 ADMIN_USER = "admin"
 DATABASES = ("fraud", "airflow", "mlflow")
-SECRETS = ("fernet-key", "jwt-secret", "api-secret-key", "admin-password", "admin-token",
-           "redis-password")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -80,20 +79,22 @@ class StackPlan:
     base: Path
     ports: dict[str, int] = field(default_factory=dict)
     webhook_url: str = ""  # FRAUD_ALERT_WEBHOOK_URL of the caller: Alertmanager's and the tasks'
+    external_redis_url: str = ""  # FRAUD_REDIS_URL of the caller: the broker; none started
 
     @classmethod
-    def create(cls, base: Path, *, free_ports: bool = False, webhook_url: str = "") -> StackPlan:
+    def create(cls, base: Path, *, free_ports: bool = False, webhook_url: str = "",
+               redis_url: str = "") -> StackPlan:  # fmt: skip
         """A plan under ``base``: the ports of an earlier ``up`` if recorded, else the compose
         ports (or free ones with ``free_ports``) plus free internal ports."""
         base = base.resolve()
         saved = base / "ports.json"
         if saved.exists():
             ports = {k: int(v) for k, v in json.loads(saved.read_text()).items()}
-            return cls(base, ports, webhook_url)
+            return cls(base, ports, webhook_url, redis_url)
         ports = {name: free_port() if free_ports else port
                  for name, port in PUBLISHED_PORTS.items()}  # fmt: skip
         ports |= {name: free_port() for name in INTERNAL_PORTS}
-        return cls(base, ports, webhook_url)
+        return cls(base, ports, webhook_url, redis_url)
 
     def save(self) -> None:
         """Record the ports, so that a restart and ``status`` find the same ones."""
@@ -134,9 +135,14 @@ class StackPlan:
         url = self.postgres(database).url
         return url.replace("postgresql+psycopg://", f"{driver}://", 1)
 
+    def redis(self) -> EmbeddedRedis:
+        """The stack's own redis-server (fraud_lib.redisserver) in ``redis/server``."""
+        return EmbeddedRedis(self.home("redis"), self.ports["redis"], name="server")
+
     def broker_url(self) -> str:
-        """The Celery broker (Redis database 0), with its password: a secret."""
-        return f"redis://:{self.secret('redis-password')}@127.0.0.1:{self.ports['redis']}/0"
+        """The Celery broker: FRAUD_REDIS_URL, else the stack's Redis (database 0), with its
+        password: a secret."""
+        return self.external_redis_url or self.redis().url
 
 
 def base_env() -> dict[str, str]:
@@ -249,8 +255,7 @@ def _mlflow(plan: StackPlan) -> Service:
 
 
 def _system(plan: StackPlan, name: str) -> Service:
-    """nginx, Prometheus, Alertmanager and Redis, on configs written by
-    :mod:`fraud_lib.stack.configs`."""
+    """nginx, Prometheus and Alertmanager, on configs written by :mod:`fraud_lib.stack.configs`."""
     home = plan.home(name)
     port = plan.ports[name]
     conf = home / "conf"
@@ -263,7 +268,6 @@ def _system(plan: StackPlan, name: str) -> Service:
         "alertmanager": ("prometheus-alertmanager", f"--config.file={conf / 'alertmanager.yml'}",
                          f"--storage.path={home / 'data'}", "--cluster.listen-address=",
                          f"--web.listen-address=127.0.0.1:{port}"),
-        "redis": ("redis-server", str(conf / "redis.conf")),
     }[name]  # fmt: skip
     ready = {
         "nginx": f"http://127.0.0.1:{port}/lb-healthz",
@@ -274,9 +278,10 @@ def _system(plan: StackPlan, name: str) -> Service:
 
 
 def services(plan: StackPlan) -> list[Service]:
-    """Every process of the stack but Postgres (run by pg_ctl), in start order."""
+    """Every process of the stack but Postgres and Redis (they daemonize: see
+    :mod:`fraud_lib.stack.runner`), in start order."""
     found: list[Service] = []
-    for name in SERVICE_NAMES[1:]:
+    for name in SERVICE_NAMES[2:]:
         if name == "mlflow":
             found.append(_mlflow(plan))
         elif name in AIRFLOW_SERVICES:

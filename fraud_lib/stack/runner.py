@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_SECONDS = 240.0
 STOP_GRACE_SECONDS = 30.0  # gunicorn's graceful drain, a Celery warm shutdown
+DAEMONS = ("postgres", "redis")  # they detach; stopped with pg_ctl and by the Redis pid file
 Say = Callable[[str], None]
 
 
@@ -66,6 +67,19 @@ def _start_postgres(plan: StackPlan, say: Say) -> None:
     assert pid is not None
     _record(plan, "postgres", {"pid": pid, "start": procs.start_time(pid),
                                "port": plan.ports["postgres"]})  # fmt: skip
+
+
+def _start_redis(plan: StackPlan, say: Say) -> None:
+    """The Celery broker (fraud_lib.redisserver), unless FRAUD_REDIS_URL names one."""
+    if plan.external_redis_url:
+        say("redis: the external broker of FRAUD_REDIS_URL")
+        return
+    server = plan.redis()
+    server.start()
+    say(f"redis: the Celery broker on 127.0.0.1:{server.port}")
+    pid = server.pid
+    assert pid is not None
+    _record(plan, "redis", {"pid": pid, "start": procs.start_time(pid), "port": server.port})
 
 
 def _prepare_airflow(plan: StackPlan, say: Say) -> None:
@@ -135,6 +149,7 @@ def up(plan: StackPlan, say: Say, *, timeout: float = READY_TIMEOUT_SECONDS) -> 
     running = {name for name, entry in recorded(plan).items() if alive(entry)}
     try:
         _start_postgres(plan, say)
+        _start_redis(plan, say)
         configs.write_all(plan)
         _prepare_airflow(plan, say)
         todo = []
@@ -153,14 +168,14 @@ def up(plan: StackPlan, say: Say, *, timeout: float = READY_TIMEOUT_SECONDS) -> 
 def _stop_sessions(state: dict[str, dict[str, Any]], grace: float) -> list[str]:
     """SIGTERM every live recorded leader, wait, then SIGTERM and SIGKILL what is left of
     their sessions; return the services that needed SIGKILL."""
-    leaders = {name: e for name, e in state.items() if name != "postgres" and alive(e)}
+    leaders = {name: e for name, e in state.items() if name not in DAEMONS and alive(e)}
     for entry in leaders.values():
         with contextlib.suppress(ProcessLookupError):
             os.kill(entry["pid"], signal.SIGTERM)
 
     def members() -> dict[str, dict[int, int]]:
         return {name: procs.process_tree(e["pid"], descendants=alive(e))
-                for name, e in state.items() if name != "postgres"}  # fmt: skip
+                for name, e in state.items() if name not in DAEMONS}  # fmt: skip
 
     deadline = time.monotonic() + grace
     while any(members().values()) and time.monotonic() < deadline:
@@ -183,7 +198,7 @@ def leftovers(plan: StackPlan) -> dict[str, list[int]]:
     """Processes of the recorded services that still run: {service: [pids]}."""
     found = {}
     for name, entry in recorded(plan).items():
-        if name == "postgres":
+        if name in DAEMONS:  # their own children are in sessions of their own
             pids = [entry["pid"]] if alive(entry) else []
         else:
             pids = sorted(procs.process_tree(entry["pid"], descendants=alive(entry)))
@@ -194,7 +209,7 @@ def leftovers(plan: StackPlan) -> dict[str, list[int]]:
 
 def down(plan: StackPlan, say: Say, *, grace: float = STOP_GRACE_SECONDS) -> dict[str, list[int]]:
     """Stop every recorded process by its pid; return what still runs afterwards ({} when
-    all stopped). Postgres stops last, after its clients."""
+    all stopped). Redis and Postgres stop last, after their clients."""
     state = recorded(plan)
     if not state:
         say(f"no stack recorded in {plan.base}")
@@ -202,6 +217,8 @@ def down(plan: StackPlan, say: Say, *, grace: float = STOP_GRACE_SECONDS) -> dic
     killed = _stop_sessions(state, grace)
     if killed:
         say(f"still running {grace:.0f} s after SIGTERM, killed: {', '.join(killed)}")
+    if "redis" in state and alive(state["redis"]):
+        plan.redis().stop()
     if "postgres" in state and alive(state["postgres"]):
         plan.postgres("fraud").stop()
     deadline = time.monotonic() + 10  # pg_ctl returns once the pid file is gone, not the pid
