@@ -89,6 +89,15 @@ class Airflow:
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries"
         return self.call("GET", path)["task_instances"]
 
+    def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
+        """A task's return value (None when it returned nothing)."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
+        resp = self.session.get(f"{self.url}/api/v2{path}", timeout=30)
+        if resp.status_code == 404:
+            return None
+        assert resp.ok, f"GET {path}: {resp.status_code} {resp.text[:300]}"
+        return resp.json()["value"]
+
     def wait_run(self, dag_id: str, run_id: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

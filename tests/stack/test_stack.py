@@ -156,6 +156,9 @@ def test_stack_retrains_on_two_workers_under_load_and_survives_a_worker_kill(
         hosts = {ti["hostname"] for ti in tis.values() if ti["state"] == "success"}
         assert hosts == {w.removeprefix("airflow-") for w in CELERY_WORKERS}, tis
         assert {ti["queue"] for ti in tis.values()} == {"default"}
+        for task_id in tis:  # hand-offs through MLflow and Postgres, never a worker's disk
+            value = str(af.xcom(DAG, run_id, task_id))
+            assert str(plan.base) not in value, f"{task_id} hands off a local path: {value}"
         new = registry.alias_version(settings)  # on the MLflow server
         assert new is not None and new != champion
         assert tis["promote"]["state"] == "success"
