@@ -23,6 +23,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from fraud_lib import store
 from fraud_lib.errors import DatabaseError, DataError
 from fraud_lib.redact import redact
+from serving.arrow import ARROW_STREAM, answer_in_arrow, decode_arrow, encode_predictions
 from serving.metrics import RISK_LEVELS
 from serving.prediction_log import LogUnavailable
 from serving.spool import Block, encode_block
@@ -30,9 +31,12 @@ from serving.typed_batch import decode_batch
 from serving.validation import (
     SEE_LOG,
     ApiError,
+    Transactions,
     decode_json,
+    is_json,
     parse_json,
-    read_json_body,
+    read_body,
+    unsupported_media_type,
     validate_labels,
     validate_transactions,
 )
@@ -74,6 +78,9 @@ class BatchPredictions(msgspec.Struct):
 
 
 _ENCODER = msgspec.json.Encoder()
+SCORE_BODIES = (
+    f"JSON (Content-Type: application/json) or an Arrow IPC stream (Content-Type: {ARROW_STREAM})"
+)
 _RISK_NAMES = np.array(RISK_LEVELS, dtype=object)
 
 
@@ -99,18 +106,32 @@ def risk_levels(scores: np.ndarray, medium: float, high: float) -> np.ndarray:
     return np.searchsorted((medium, high), scores, side="right")
 
 
-@bp.post("/v1/score")
-def score() -> Response:
-    st = state()
-    body = read_json_body(request)
-    served = st.holder.current  # this request uses this model, whatever swaps meanwhile
+def _transactions(st: Any, served: Any) -> tuple[Transactions, bool]:
+    """The validated /v1/score request for the ``served`` model (None: none loaded), and
+    whether its body is an Arrow stream."""
     max_batch = st.settings.max_batch
+    if request.mimetype == ARROW_STREAM:
+        body = read_body(request)
+        if served is None:
+            raise ApiError(503, "no_model", st.holder.unavailable_message())
+        return decode_arrow(body, served.schema, max_batch), True
+    if not is_json(request):
+        raise unsupported_media_type(request, SCORE_BODIES)
+    body = read_body(request)
     txs = decode_batch(body, served.schema, max_batch) if served is not None else None
     if txs is None:  # not a clean numeric batch: the generic path names every problem
         payload = decode_json(body)
         if served is None:
             raise ApiError(503, "no_model", st.holder.unavailable_message())
         txs = validate_transactions(payload, served.schema, max_batch)
+    return txs, False
+
+
+@bp.post("/v1/score")
+def score() -> Response:
+    st = state()
+    served = st.holder.current  # this request uses this model, whatever swaps meanwhile
+    txs, arrow_body = _transactions(st, served)
     n = len(txs)
     if txs.X is not None:
         scores = np.asarray(served.score_matrix(txs.X), dtype=float)
@@ -158,14 +179,21 @@ def score() -> Response:
     st.metrics.observe_scores(scores, flagged, levels)
     st.metrics.batch_size.observe(n)
     model = Model(served.name, served.version)
-    if txs.batch:
-        predictions = list(map(Prediction, ids, pids, score_list, fraud, risk, repeat(threshold)))
-        answer: msgspec.Struct = BatchPredictions(predictions, model, n)
+    if answer_in_arrow(request, arrow_body):
+        answer: Any = encode_predictions(ids, pids, scores, flagged, risk, threshold,  # type: ignore[arg-type]
+                                         (served.name, served.version))  # fmt: skip
+        response = Response(answer, status=200, mimetype=ARROW_STREAM)
     else:
-        answer = SinglePrediction(
-            ids[0], pids[0], score_list[0], fraud[0], risk[0], threshold, model
-        )
-    response = Response(_ENCODER.encode(answer), status=200, mimetype="application/json")
+        if txs.batch:
+            predictions = list(
+                map(Prediction, ids, pids, score_list, fraud, risk, repeat(threshold))
+            )
+            answer = BatchPredictions(predictions, model, n)
+        else:
+            answer = SinglePrediction(
+                ids[0], pids[0], score_list[0], fraud[0], risk[0], threshold, model
+            )
+        response = Response(_ENCODER.encode(answer), status=200, mimetype="application/json")
     # freed once the answer is sent: for 10,000 rows the decoded records alone take ~4 ms
     response.call_on_close([txs, block, answer].clear)
     if full:  # wake the shipper once the answer is sent: woken before, its decoding took the
