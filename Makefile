@@ -13,7 +13,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export OMP_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install system-deps demo test lint airflow serve openapi ui bench clean lock
+.PHONY: help install system-deps demo test lint airflow serve openapi ui stack stack-down stack-status bench clean lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,15 @@ openapi: install  ## rewrite docs/openapi.json (the scoring API's document for t
 
 ui: install  ## serve the monitoring dashboard (Evidently UI) on 127.0.0.1:8001 (Ctrl-C stops it)
 	$(BIN)/fraud ui
+
+stack: install system-deps  ## docker-compose's topology as local processes, every port on 127.0.0.1 (background)
+	$(BIN)/fraud stack up
+
+stack-down: install  ## stop every process of `make stack` by its recorded pid (fails if one is left)
+	$(BIN)/fraud stack down
+
+stack-status: install  ## one line per `make stack` service: running, ready, pid, port
+	$(BIN)/fraud stack status
 
 bench: install  ## run the serving, retraining and performance-monitor benchmarks (bench/results/*.json)
 	$(BIN)/python bench/bench_serving.py

@@ -47,6 +47,13 @@ def _stat(pid: int) -> tuple[int, int, str, int] | None:
     return int(fields[1]), int(fields[3]), fields[0], int(fields[19])
 
 
+def start_time(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of a live process, None if it is gone or a
+    zombie: with the pid, it names a process that a reused pid cannot impersonate."""
+    stat = _stat(pid)
+    return stat[3] if stat and stat[2] != "Z" else None
+
+
 def process_tree(pid: int, *, descendants: bool = True) -> dict[int, int]:
     """``pid``, its descendants and every process of the session ``pid`` leads (members that
     lost their parent or moved to a process group of their own stay in it), as

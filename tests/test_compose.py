@@ -31,7 +31,14 @@ PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 NGINX = ROOT / "deploy" / "nginx.conf"
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 
-AIRFLOW = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor")
+AIRFLOW = (
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+)
 LOOPBACK = {"localhost", "127.0.0.1", "0.0.0.0"}
 DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "postgres": 5432}
 VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
@@ -338,7 +345,9 @@ def test_every_url_names_a_service_and_its_port() -> None:
         ("scoring", "MLFLOW_TRACKING_URI", "mlflow"),
         ("airflow-scheduler", "FRAUD_DATABASE_URL", "postgres"),
         ("airflow-scheduler", "MLFLOW_TRACKING_URI", "mlflow"),
-        ("airflow-scheduler", "FRAUD_SCORING_URL", "scoring"),
+        ("airflow-worker", "FRAUD_SCORING_URL", "nginx"),
+        ("airflow-worker", "MLFLOW_TRACKING_URI", "mlflow"),
+        ("airflow-worker", "AIRFLOW__CELERY__BROKER_URL", "redis"),
         ("airflow-scheduler", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgres"),
         ("airflow-scheduler", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "airflow-apiserver"),
         ("mlflow", "MLFLOW_BACKEND_STORE_URI", "postgres"),
@@ -457,7 +466,7 @@ def test_airflow_services_share_executor_database_and_secrets() -> None:
     for key in shared:
         values = {env.get(key) for env in envs}
         assert len(values) == 1 and None not in values, f"{key} differs: {values}"
-    assert envs[0]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert envs[0]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert urlsplit(interpolate(envs[0]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])).path == "/airflow"
     assert envs[0]["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].endswith("/execution/")
     commands = {name: command_of(name)[:2] for name in AIRFLOW[1:]}
@@ -465,6 +474,8 @@ def test_airflow_services_share_executor_database_and_secrets() -> None:
         "airflow-apiserver": ["airflow", "api-server"],
         "airflow-scheduler": ["airflow", "scheduler"],
         "airflow-dag-processor": ["airflow", "dag-processor"],
+        "airflow-triggerer": ["airflow", "triggerer"],
+        "airflow-worker": ["airflow", "celery"],
     }
     assert "airflow db migrate" in " ".join(command_of("airflow-init"))
 
@@ -515,9 +526,7 @@ def test_state_that_must_survive_lives_on_named_volumes() -> None:
         return sources[0]
 
     assert mount_of("scoring", environment("scoring")["FRAUD_SPOOL_DIR"]) == "scoring_spool"
-    sched = environment("airflow-scheduler")
-    assert mount_of("airflow-scheduler", sched["FRAUD_REPORTS_DIR"]) == "drift_reports"
-    assert mount_of("airflow-scheduler", sched["FRAUD_STATE_DIR"])
+    assert mount_of("redis", "/data") == "redis_data"
     assert mount_of("postgres", "/var/lib/postgresql/data")
     mlflow_cmd = command_of("mlflow")
     assert "--serve-artifacts" in mlflow_cmd

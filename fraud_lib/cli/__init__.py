@@ -7,7 +7,7 @@ the commands, so ``fraud --help`` stays fast.
 
 from __future__ import annotations
 
-from fraud_lib.cli import dashboard, data, models, monitor, ops  # noqa: F401  (registers the commands)
+from fraud_lib.cli import dashboard, data, models, monitor, ops, stack  # noqa: F401  (registers)
 from fraud_lib.cli.base import FraudGroup, _settings, cli, dump_json, print_table, say
 
 __all__ = ["FraudGroup", "_settings", "cli", "dump_json", "main", "print_table", "say"]
