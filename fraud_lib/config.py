@@ -6,6 +6,7 @@ configuration at all (embedded Postgres and a local MLflow store under the state
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -286,8 +287,7 @@ class Settings:
                 raise ConfigError(f"{name}={port} is not a TCP port; use 1-65535")
         if self.max_batch < 1:
             raise ConfigError("FRAUD_MAX_BATCH must be at least 1")
-        if not self.read_timeout_seconds > 0:
-            raise ConfigError("FRAUD_READ_TIMEOUT_SECONDS must be above 0, e.g. 10")
+        self._validate_sizes()
         if self.buffer_bytes < self.max_body_bytes:
             raise ConfigError(
                 f"FRAUD_BUFFER_BYTES={self.buffer_bytes} cannot hold one body of "
@@ -305,6 +305,32 @@ class Settings:
         """The range every incoming timestamp must fall in (FRAUD_MIN_TIMESTAMP, now +
         FRAUD_MAX_CLOCK_SKEW_SECONDS)."""
         return TimestampBounds(self.min_timestamp, self.max_clock_skew_seconds)
+
+    def _validate_sizes(self) -> None:
+        """Counts at least 1, durations finite and positive, shares within (0, 1]."""
+        at_least_one = {
+            "FRAUD_MAX_BODY_BYTES": self.max_body_bytes,
+            "FRAUD_LOG_BATCH_SIZE": self.log_batch_size,
+            "FRAUD_MIN_LABELED_ROWS": self.min_labeled_rows,
+            "FRAUD_DRIFT_SAMPLE_ROWS": self.drift_sample_rows,
+        }
+        for name, value in at_least_one.items():
+            if value < 1:
+                raise ConfigError(f"{name}={value} must be at least 1")
+        durations = {
+            "FRAUD_READ_TIMEOUT_SECONDS": self.read_timeout_seconds,
+            "FRAUD_POLL_SECONDS": self.poll_seconds,
+            "FRAUD_LOG_FLUSH_SECONDS": self.log_flush_seconds,
+        }
+        for name, value in durations.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={value} must be a finite number of seconds above 0")
+        if not 0 < self.drift_share_threshold <= 1:
+            raise ConfigError(
+                f"FRAUD_DRIFT_SHARE_THRESHOLD={self.drift_share_threshold} must be in (0, 1]"
+            )
+        if not (math.isfinite(self.score_shift_threshold) and self.score_shift_threshold > 0):
+            raise ConfigError("FRAUD_SCORE_SHIFT_THRESHOLD (a PSI) must be a finite number above 0")
 
     def _validate_performance(self) -> None:
         """The performance monitor's settings (also given as CLI options and DAG Params)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -135,7 +136,7 @@ def test_validate_record_reports_each_field():
             {"FRAUD_READ_TIMEOUT_SECONDS": "soon"},
             "FRAUD_READ_TIMEOUT_SECONDS='soon' is not a number",
         ),
-        ({"FRAUD_READ_TIMEOUT_SECONDS": "0"}, "FRAUD_READ_TIMEOUT_SECONDS must be above 0"),
+        ({"FRAUD_READ_TIMEOUT_SECONDS": "0"}, "FRAUD_READ_TIMEOUT_SECONDS=0.0 must be a finite number of seconds above 0"),
         ({"FRAUD_BUFFER_BYTES": "1e9"}, "FRAUD_BUFFER_BYTES='1e9' is not a whole number"),
         ({"FRAUD_BUFFER_BYTES": "1000"}, "cannot hold one body of FRAUD_MAX_BODY_BYTES"),
     ],
@@ -207,3 +208,24 @@ def test_schema_path_that_is_a_directory_or_unreadable(tmp_path):
     unreadable = tmp_path / "mem.yaml"
     unreadable.symlink_to("/proc/self/mem")  # opens, but reading offset 0 fails, even as root
     _one_line_error(unreadable, "cannot be read: Input/output error")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("FRAUD_PG_PORT", "-1", "FRAUD_PG_PORT=-1 is not a TCP port"),
+        ("FRAUD_PG_PORT", "70000", "FRAUD_PG_PORT=70000 is not a TCP port"),
+        ("FRAUD_MAX_BODY_BYTES", "0", "FRAUD_MAX_BODY_BYTES=0 must be at least 1"),
+        ("FRAUD_READ_TIMEOUT_SECONDS", "inf", "FRAUD_READ_TIMEOUT_SECONDS=inf must be a finite"),
+        ("FRAUD_POLL_SECONDS", "-3", "FRAUD_POLL_SECONDS=-3.0 must be a finite"),
+        ("FRAUD_DRIFT_SHARE_THRESHOLD", "7", "FRAUD_DRIFT_SHARE_THRESHOLD=7.0 must be in (0, 1]"),
+        ("FRAUD_MIN_LABELED_ROWS", "-1", "FRAUD_MIN_LABELED_ROWS=-1 must be at least 1"),
+        ("FRAUD_DRIFT_SAMPLE_ROWS", "0", "FRAUD_DRIFT_SAMPLE_ROWS=0 must be at least 1"),
+        ("FRAUD_LOG_BATCH_SIZE", "0", "FRAUD_LOG_BATCH_SIZE=0 must be at least 1"),
+        ("FRAUD_LOG_FLUSH_SECONDS", "-1", "FRAUD_LOG_FLUSH_SECONDS=-1.0 must be a finite"),
+    ],
+)
+def test_out_of_range_settings_are_refused(name: str, value: str, fragment: str) -> None:
+    """Red-team finding: `fraud config` accepted these; the service would misbehave later."""
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        Settings.from_env({name: value})
