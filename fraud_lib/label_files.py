@@ -58,15 +58,33 @@ def _missing(value: Any) -> bool:
 
 
 def _labels(p: Path, column: pd.Series) -> list[int]:
-    """The label column as 0/1 ints; the first other value raises :class:`DataError`."""
-    numbers = pd.to_numeric(column, errors="coerce")
-    bad = ~numbers.isin([0, 1])
+    """The label column as 0/1 ints, as strict as the API: the text ``0``/``1`` (CSV) or an
+    integer column (parquet); ``1.0``, ``yes`` or an empty cell raise :class:`DataError`."""
+    if pd.api.types.is_integer_dtype(column.dtype):
+        numbers, bad = column, ~column.isin([0, 1])
+    else:
+        text = column.map(lambda v: v.strip() if isinstance(v, str) else v)
+        bad = ~text.isin(["0", "1"])
+        numbers = text.where(~bad, "0")
     if bad.any():
         row = int(bad.to_numpy().argmax())
         value = column.iloc[row]
         has = "no label" if _missing(value) else f"label {shown(value)}"
         raise DataError(f"{p}: row {row} has {has}; labels must be 0 or 1")
     return numbers.astype(int).tolist()
+
+
+def _check_columns(p: Path, df: pd.DataFrame) -> None:
+    """Refuse missing and unknown columns (the API refuses unknown fields too: a misspelt
+    ``labelled_at`` would otherwise be dropped in silence)."""
+    missing = [c for c in (ID_COLUMN, "label") if c not in df.columns]
+    unknown = [str(c) for c in df.columns if c not in LABEL_COLUMNS]
+    if missing or unknown:
+        what = f"missing column(s) {', '.join(missing)}" if missing else ""
+        what += ("; " if what else "") + (
+            f"unknown column(s) {', '.join(unknown)}" if unknown else ""
+        )
+        raise DataError(f"{p}: {what}; expected transaction_id,label[,labeled_at]")
 
 
 def _transaction_id(p: Path, row: int, value: Any) -> str:
@@ -92,12 +110,7 @@ def load_labels(path: str | Path, bounds: TimestampBounds | None = None) -> list
     if _file_kind(p) == "csv" and p.is_file():
         _check_text(p)
     df = _read_table(p, list(LABEL_COLUMNS))  # as text: every value is checked here
-    missing = [c for c in (ID_COLUMN, "label") if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{p}: missing column(s) {', '.join(missing)}; expected "
-            "transaction_id,label[,labeled_at]"
-        )
+    _check_columns(p, df)
     labels = _labels(p, df["label"])
     times = df["labeled_at"] if "labeled_at" in df.columns else [None] * len(df)
     out, latest = [], bounds.latest()

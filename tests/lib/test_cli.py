@@ -166,8 +166,27 @@ def test_labels_import_reports_unknown_ids(tmp_path, cli_env):
             b"transaction_id,label,label\nt-1,0,1\n",
             ["the header names 'label' more than once; keep one column each"],
         ),
+        # red-team: the API refuses 1.0 and unknown fields, the import took them
+        (b"transaction_id,label\nt-1,1.0\n", ["row 0 has label '1.0'; labels must be 0 or 1"]),
+        (
+            b"transaction_id,label,labelled_at\nt-1,1,2026-01-02T00:00:00Z\n",
+            ["unknown column(s) labelled_at; expected transaction_id,label[,labeled_at]"],
+        ),
     ],
-    ids=["nul", "long-id", "1600", "9999", "digits", "non-iso", "nan", "yes", "utf8", "twice"],
+    ids=[
+        "nul",
+        "long-id",
+        "1600",
+        "9999",
+        "digits",
+        "non-iso",
+        "nan",
+        "yes",
+        "utf8",
+        "twice",
+        "float-label",
+        "unknown-column",
+    ],
 )
 def test_labels_import_refuses_hostile_files(tmp_path, cli_env, pg_engine, content, fragments):
     path = tmp_path / "labels.csv"
