@@ -1,7 +1,8 @@
 """The JSON error body of the service, ``{"error": {"code", "message", "fields"}}``, for the
 answers written below Flask: by :mod:`serving.buffered_worker` (408, 413, 503 on a connection
-it reads) and for gunicorn's own refusals of a malformed request (400, 431, 501, ...), which
-gunicorn otherwise writes as an HTML page. Imports only the standard library: the gunicorn
+it reads) and for gunicorn's own refusals of a malformed request (400, 431, ...), which
+gunicorn otherwise writes as an HTML page. An unknown transfer coding, gunicorn's 501, is
+answered 400: the client sent something this API does not take, the server is not at fault. Imports only the standard library: the gunicorn
 master loads it with the worker class.
 """
 
@@ -23,7 +24,6 @@ HTTP_CODES = {
     429: "too_many_requests",
     431: "header_fields_too_large",
     500: "internal_error",
-    501: "not_implemented",
     503: "service_unavailable",
 }
 
@@ -62,5 +62,8 @@ def write_error(sock: object, status_int: int, reason: str, mesg: str) -> None:
     gunicorn's HTML page, sent without blocking."""
     from gunicorn import util
 
+    if status_int == 501:  # gunicorn's answer to a transfer coding it does not know
+        status_int, mesg = 400, f"{mesg or 'unsupported transfer coding'}; send the body with "
+        mesg += "Content-Length or Transfer-Encoding: chunked"
     message = mesg or (reason if status_int < 500 else "internal error; see the server log")
     util.write_nonblock(sock, raw_error(status_int, message))

@@ -136,7 +136,10 @@ def test_validate_record_reports_each_field():
             {"FRAUD_READ_TIMEOUT_SECONDS": "soon"},
             "FRAUD_READ_TIMEOUT_SECONDS='soon' is not a number",
         ),
-        ({"FRAUD_READ_TIMEOUT_SECONDS": "0"}, "FRAUD_READ_TIMEOUT_SECONDS=0.0 must be a finite number of seconds above 0"),
+        (
+            {"FRAUD_READ_TIMEOUT_SECONDS": "0"},
+            "FRAUD_READ_TIMEOUT_SECONDS=0.0 must be a finite number of seconds above 0",
+        ),
         ({"FRAUD_BUFFER_BYTES": "1e9"}, "FRAUD_BUFFER_BYTES='1e9' is not a whole number"),
         ({"FRAUD_BUFFER_BYTES": "1000"}, "cannot hold one body of FRAUD_MAX_BODY_BYTES"),
     ],
