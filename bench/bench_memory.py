@@ -34,7 +34,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
 from bench_serving import ARROW_STREAM, arrow_stream  # noqa: E402
-from harness import Gunicorn  # noqa: E402
+from harness import Gunicorn, champion_world  # noqa: E402
 from loadgen import build_request, single  # noqa: E402
 
 MB = 1024 * 1024
@@ -75,29 +75,7 @@ def imports_rss(env: dict[str, str]) -> float:
 
 def setup(tmp: Path) -> tuple[Any, Any, Any]:
     """(Postgres, settings, the frame to score) with a promoted champion."""
-    from fraud_lib import pgserver, registry, store
-    from fraud_lib.config import Settings
-    from fraud_lib.data import generate
-    from fraud_lib.schema import FeatureSchema
-    from fraud_lib.train import train_model
-
-    pg = pgserver.EmbeddedPostgres(tmp / "pg", pgserver.free_port())
-    pg.ensure_running()
-    settings = Settings.from_env(
-        {}, state_dir=tmp / "state", database_url=pg.url,
-        mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db", mlflow_artifact_dir=tmp / "mlartifacts",
-        spool_dir=tmp / "spool",
-    )  # fmt: skip
-    store.connect_store(settings)
-    schema = FeatureSchema()
-    history = schema.validate_frame(generate(10, rows_per_day=10_000, seed=7, fraud_rate=0.004))
-    ref = registry.log_model(train_model(history, schema), settings, run_name="memory")
-    assert ref is not None
-    registry.client(settings).set_registered_model_alias(
-        settings.model_name, "champion", ref.version
-    )
-    later = generate(1, rows_per_day=10_000, seed=8, start_day=10)
-    return pg, settings, later.drop(columns=["Class", "label_delay_seconds"])
+    return champion_world(tmp, days=10, rows_per_day=10_000, run_name="memory")
 
 
 def main() -> None:

@@ -52,6 +52,7 @@ from harness import (  # noqa: E402
     metric_sum,
     pct,
     summarize,
+    temp_settings,
     truncate,
     wait_backlog_below,
     wait_drain,
@@ -146,7 +147,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(BENCH / "results" / "serving.json"))
     args = parser.parse_args()
     from fraud_lib import pgserver, registry, store
-    from fraud_lib.config import Settings
     from fraud_lib.data import generate
     from fraud_lib.schema import FeatureSchema
     from fraud_lib.train import train_model
@@ -165,11 +165,7 @@ def main() -> None:
     try:
         say(f"starting Postgres in {tmp}")
         pg.ensure_running()
-        settings = Settings.from_env(
-            {}, state_dir=tmp / "state", database_url=pg.url,
-            mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db", mlflow_artifact_dir=tmp / "mlartifacts",
-            spool_dir=tmp / "spool",
-        )  # fmt: skip
+        settings = temp_settings(tmp, pg.url)
         engine = store.connect_store(settings)
         say(f"training on {days} days x {per_day} generated rows")
         history = schema.validate_frame(

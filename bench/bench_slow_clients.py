@@ -38,7 +38,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-from harness import WORKER_CLASSES, Gunicorn, gunicorn_argv, summarize  # noqa: E402
+from harness import WORKER_CLASSES, Gunicorn, champion_world, gunicorn_argv, summarize  # noqa: E402
 from loadgen import build_request, run_load, single  # noqa: E402
 
 
@@ -98,29 +98,8 @@ class SlowClients:
 
 def setup(tmp: Path) -> tuple[Any, dict[str, str], list[dict]]:
     """Postgres, a promoted model and the gunicorn environment."""
-    from fraud_lib import pgserver, registry, store
-    from fraud_lib.config import Settings
-    from fraud_lib.data import generate
-    from fraud_lib.schema import FeatureSchema
-    from fraud_lib.train import train_model
-
-    pg = pgserver.EmbeddedPostgres(tmp / "pg", pgserver.free_port())
-    pg.ensure_running()
-    settings = Settings.from_env(
-        {}, state_dir=tmp / "state", database_url=pg.url,
-        mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db", mlflow_artifact_dir=tmp / "mlartifacts",
-        spool_dir=tmp / "spool",
-    )  # fmt: skip
-    store.connect_store(settings)
-    schema = FeatureSchema()
-    history = schema.validate_frame(generate(4, rows_per_day=5000, seed=7, fraud_rate=0.004))
-    ref = registry.log_model(train_model(history, schema), settings, run_name="bench-slow")
-    assert ref is not None
-    registry.client(settings).set_registered_model_alias(
-        settings.model_name, "champion", ref.version
-    )
-    later = generate(1, rows_per_day=10_000, seed=8, start_day=4)
-    records = later.drop(columns=["Class", "label_delay_seconds"]).to_dict("records")
+    pg, settings, later = champion_world(tmp, days=4, rows_per_day=5000, run_name="bench-slow")
+    records = later.to_dict("records")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "PROMETHEUS_"))}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), FRAUD_STATE_DIR=str(tmp / "state"),
                FRAUD_DATABASE_URL=pg.url, MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri,

@@ -141,3 +141,39 @@ def wait_rows(engine: Any, rows: int, timeout: float = 120) -> float:
 def truncate(engine: Any) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql("TRUNCATE predictions")
+
+
+def temp_settings(tmp: Path, database_url: str) -> Any:
+    """Settings for a bench run: every state dir under ``tmp``, no FRAUD_* from the shell."""
+    from fraud_lib.config import Settings
+
+    return Settings.from_env(
+        {}, state_dir=tmp / "state", database_url=database_url,
+        mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db", mlflow_artifact_dir=tmp / "mlartifacts",
+        spool_dir=tmp / "spool",
+    )  # fmt: skip
+
+
+def champion_world(tmp: Path, days: int, rows_per_day: int, run_name: str) -> tuple[Any, Any, Any]:
+    """(running Postgres, settings, one later day of 10,000 unlabeled rows to score) with a
+    champion trained on ``days`` x ``rows_per_day`` generated rows."""
+    from fraud_lib import pgserver, registry, store
+    from fraud_lib.data import generate
+    from fraud_lib.schema import FeatureSchema
+    from fraud_lib.train import train_model
+
+    pg = pgserver.EmbeddedPostgres(tmp / "pg", pgserver.free_port())
+    pg.ensure_running()
+    settings = temp_settings(tmp, pg.url)
+    store.connect_store(settings)
+    schema = FeatureSchema()
+    history = schema.validate_frame(
+        generate(days, rows_per_day=rows_per_day, seed=7, fraud_rate=0.004)
+    )
+    ref = registry.log_model(train_model(history, schema), settings, run_name=run_name)
+    assert ref is not None
+    registry.client(settings).set_registered_model_alias(
+        settings.model_name, "champion", ref.version
+    )
+    later = generate(1, rows_per_day=10_000, seed=8, start_day=days)
+    return pg, settings, later.drop(columns=["Class", "label_delay_seconds"])
