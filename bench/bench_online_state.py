@@ -140,7 +140,7 @@ class RedisState:
         port, password = free_port(), secrets.token_urlsafe(24)
         conf = tmp / "redis.conf"
         conf.write_text(
-            f"bind 127.0.0.1\nport {port}\ndir {tmp}\nsave \"\"\nappendonly no\n"
+            f'bind 127.0.0.1\nport {port}\ndir {tmp}\nsave ""\nappendonly no\n'
             f"requirepass {password}\n"
         )
         conf.chmod(0o600)
