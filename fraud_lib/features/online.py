@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,14 +53,32 @@ class Batch:
     @classmethod
     def from_frame(cls, spec: BehaviorSpec, frame: pd.DataFrame, times: np.ndarray) -> Batch:
         """From raw rows (entity keys compared as text, like offline) and their epoch times."""
-        ids = frame[spec.id].astype(str) if spec.id else pd.Series(range(len(frame))).astype(str)
-        layout = RecordLayout.for_spec(spec)
+        return cls.from_columns(spec, {c: frame[c].tolist() for c in frame.columns}, times)
+
+    @classmethod
+    def from_records(cls, spec: BehaviorSpec, rows: list[dict], times: np.ndarray) -> Batch:
+        """From validated raw transactions (JSON objects) and their epoch times."""
+        wanted = [*(c for _, c in spec.entities), *RecordLayout.for_spec(spec).columns]
+        if spec.id:
+            wanted.append(spec.id)
+        return cls.from_columns(spec, {c: [r[c] for r in rows] for c in wanted}, times)
+
+    @classmethod
+    def from_columns(cls, spec: BehaviorSpec, columns: dict[str, list], times: np.ndarray) -> Batch:
+        """From lists per column; without an id column every row gets a random id hash."""
+        n = len(times)
+        if spec.id and spec.id in columns:
+            ids = np.fromiter((id_hash(str(i)) for i in columns[spec.id]), np.uint64, count=n)
+        else:
+            ids = np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
         return cls(
             times=np.asarray(times, dtype=np.float64),
-            ids=np.fromiter((id_hash(i) for i in ids), dtype=np.uint64, count=len(frame)),
-            keys={n: frame[c].astype(str).to_numpy() for n, c in spec.entities},
-            values={c: pd.to_numeric(frame[c]).to_numpy(np.float64) for c in layout.columns},
-        )
+            ids=ids,
+            keys={name: np.array([str(v) for v in columns[c]], dtype=object)
+                  for name, c in spec.entities},
+            values={c: np.asarray(columns[c], dtype=np.float64)
+                    for c in RecordLayout.for_spec(spec).columns},
+        )  # fmt: skip
 
 
 @dataclass
@@ -96,12 +115,16 @@ def _needs_history(spec: BehaviorSpec, entity: str) -> bool:
 def _entity_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.ndarray,
                      hist: History) -> dict[str, np.ndarray]:  # fmt: skip
     """Aggregates and time since previous of one entity, for every batch row."""
-    retried = np.isin(hist.records["id"], batch.ids)
-    rec = hist.records[~retried]
-    h_codes = hist.codes[~retried]
-    all_codes = np.concatenate([h_codes, codes])
+    rec = hist.records
+    all_codes = np.concatenate([hist.codes, codes])
     all_t = np.concatenate([rec["t"], batch.times])
-    order = np.lexsort((np.concatenate([rec["id"], batch.ids]), all_t, all_codes))
+    all_ids = np.concatenate([rec["id"], batch.ids])
+    order = np.lexsort((all_ids, all_t, all_codes))
+    # a retried transaction's stored copy: same key, time and id as another row, drop it
+    dup = np.zeros(len(order), dtype=bool)
+    same = (np.diff(all_codes[order]) == 0) & (np.diff(all_t[order]) == 0)
+    dup[1:] = same & (np.diff(all_ids[order].view(np.int64)) == 0)
+    order = order[~dup]
     s_codes, s_t = all_codes[order], all_t[order]
     start, end = group_slices(s_codes, codes)
     earlier = grouped_searchsorted(s_t, start, end, batch.times, "left")
@@ -122,7 +145,7 @@ def _entity_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nd
             out[a.name] = window_stat(a, m, x_rows)
     if any(s.entity == entity for s in spec.time_since):
         has = earlier > start
-        prev = s_t[np.maximum(earlier - 1, 0)] if len(s_t) else np.zeros(len(codes))
+        prev = s_t[np.maximum(earlier - 1, 0)]
         out[f"{entity}{SEP}time_since_prev"] = np.where(has, batch.times - prev, NO_PREVIOUS)
     return out
 
@@ -154,12 +177,12 @@ def _label_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nda
     return out
 
 
-def compute(
+def compute_columns(
     spec: BehaviorSpec,
     batch: Batch,
     histories: dict[str, History],
     labels: dict[str, LabelHistory],
-) -> pd.DataFrame:
+) -> dict[str, np.ndarray]:
     """Every feature of ``spec`` for every batch row, in ``spec.output_columns`` order.
 
     ``histories`` and ``labels`` are keyed by entity and coded by :func:`key_codes` of
@@ -173,7 +196,13 @@ def compute(
             out.update(_entity_features(spec, name, batch, codes, histories[name]))
         if any(r.entity == name for r in spec.label_risk):
             out.update(_label_features(spec, name, batch, codes, labels[name]))
-    return pd.DataFrame(out)[spec.output_columns]
+    return {c: out[c] for c in spec.output_columns}
+
+
+def compute(spec: BehaviorSpec, batch: Batch, histories: dict[str, History],
+            labels: dict[str, LabelHistory]) -> pd.DataFrame:  # fmt: skip
+    """:func:`compute_columns` as a DataFrame."""
+    return pd.DataFrame(compute_columns(spec, batch, histories, labels))
 
 
 class OnlineFeatures:
@@ -183,40 +212,65 @@ class OnlineFeatures:
         self.spec = spec
         self.store = store
         self.labels = label_cache
+        self.entities = [n for n, _ in spec.entities if _needs_history(spec, n)]
+        self.risk_entities = [n for n, _ in spec.entities
+                              if any(r.entity == n for r in spec.label_risk)]  # fmt: skip
 
-    def _records(self, batch: Batch, rows: np.ndarray) -> np.ndarray:
-        return self.store.layout.pack(
-            batch.times[rows], batch.ids[rows], {c: v[rows] for c, v in batch.values.items()}
+    def _appends(self, batch: Batch, codes: np.ndarray, n_keys: int) -> list[bytes]:
+        """Each key's new records (batch order), as slices of one packed buffer."""
+        order = np.argsort(codes, kind="stable")
+        packed = self.store.layout.pack(
+            batch.times[order], batch.ids[order], {c: v[order] for c, v in batch.values.items()}
         )
+        size = packed.dtype.itemsize
+        bounds = np.searchsorted(codes[order], np.arange(n_keys + 1)) * size
+        buf = packed.tobytes()
+        return [buf[lo:hi] for lo, hi in itertools.pairwise(bounds.tolist())]
 
-    def compute(self, batch: Batch) -> pd.DataFrame:
-        """Features of ``batch`` from the state; appends the batch's events to it (one round
-        trip), then trims keys that hold expired events."""
-        entities = [n for n, _ in self.spec.entities if _needs_history(self.spec, n)]
+    def columns(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Features of ``batch`` from the state; appends the batch's events to it (in the same
+        round trip), then trims keys that hold expired events."""
         keys: list[str] = []
-        appends: list[np.ndarray] = []
-        spans: dict[str, tuple[int, int]] = {}
-        for name in entities:
-            uniques, codes = key_codes(batch.keys[name])
-            order = np.argsort(codes, kind="stable")
-            bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
-            spans[name] = (len(keys), len(keys) + len(uniques))
-            keys.extend(self.store.key(name, str(u)) for u in uniques)
-            appends.extend(
-                self._records(batch, order[lo:hi]) for lo, hi in itertools.pairwise(bounds)
-            )
-        stored = self.store.read_append(keys, appends)
-        histories = {}
-        for name, (lo, hi) in spans.items():
-            part = stored[lo:hi]
-            codes = np.repeat(np.arange(hi - lo), [len(p) for p in part])
-            records = np.concatenate(part) if part else np.empty(0, self.store.layout.dtype)
-            histories[name] = History(codes, records)
-        labels = {
-            name: self.labels.history(name, key_codes(batch.keys[name])[0])
-            for name, _ in self.spec.entities
-            if any(r.entity == name for r in self.spec.label_risk)
-        }
-        out = compute(self.spec, batch, histories, labels)
-        self.store.expire(keys, stored, float(batch.times.max()))
+        appends: list[bytes] = []
+        coded = {name: key_codes(batch.keys[name]) for name, _ in self.spec.entities}
+        for name in self.entities:
+            uniques, codes = coded[name]
+            keys.extend(self.store.key(name, u) for u in uniques)
+            appends.extend(self._appends(batch, codes, len(uniques)))
+        blobs = self.store.read_append_raw(keys, appends)
+        histories, lo = {}, 0
+        for name in self.entities:
+            n = len(coded[name][0])
+            histories[name] = self._history(blobs[lo : lo + n])
+            lo += n
+        labels = {name: self.labels.history(name, coded[name][0]) for name in self.risk_entities}
+        out = compute_columns(self.spec, batch, histories, labels)
+        sized = [(histories[n], len(coded[n][0])) for n in self.entities]
+        self._expire(keys, sized, float(batch.times.max()))
         return out
+
+    def frame(self, batch: Batch) -> pd.DataFrame:
+        """:meth:`columns` as a DataFrame."""
+        return pd.DataFrame(self.columns(batch))
+
+    def _history(self, blobs: list[bytes | None]) -> History:
+        size = self.store.layout.dtype.itemsize
+        lengths = np.fromiter((len(b) // size if b else 0 for b in blobs), np.int64, len(blobs))
+        records = np.frombuffer(b"".join(b for b in blobs if b), dtype=self.store.layout.dtype)
+        return History(np.repeat(np.arange(len(blobs)), lengths), records)
+
+    def _expire(self, keys: list[str], histories: list[tuple[History, int]], now: float) -> None:
+        """Trim the keys whose oldest stored record is past the horizon (and not alone);
+        ``keys`` are the entities' keys in order, ``histories`` (history, key count) per entity."""
+        if not self.store.horizon:
+            return
+        stale: list[str] = []
+        lo = 0
+        for h, n_keys in histories:
+            old = h.records["t"] < now - self.store.horizon
+            counts = np.bincount(h.codes, minlength=n_keys)
+            olds = np.bincount(h.codes[old], minlength=n_keys)
+            stale.extend(keys[lo + i] for i in np.flatnonzero((olds > 0) & (counts > 1)))
+            lo += n_keys
+        if stale:
+            self.store.trim(stale, now)

@@ -85,7 +85,7 @@ def fetch_labels(engine: Any, spec: BehaviorSpec, since: float) -> pd.DataFrame:
             f"SELECT DISTINCT ON (p.transaction_id) p.features ->> '{col}' AS key, "
             "p.event_time AS t, extract(epoch FROM l.labeled_at) AS labeled_at, l.label "
             "FROM labels l JOIN predictions p ON p.transaction_id = l.transaction_id "
-            f"WHERE p.event_time > :since AND p.features ? '{col}' "
+            f"WHERE p.event_time > :since AND p.features ->> '{col}' IS NOT NULL "
             "ORDER BY p.transaction_id, p.scored_at"
         )
         with engine.connect() as conn:

@@ -59,6 +59,23 @@ return n - #kept
 """
 
 
+# KEYS: entity keys; ARGV[1]: TTL in ms (0: none), ARGV[i + 1]: bytes to append to KEYS[i].
+# Returns each key's value before the appends (nil for a new key).
+_READ_APPEND_LUA = """
+local ttl = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('GET', key)
+  local data = ARGV[i + 1]
+  if #data > 0 then
+    redis.call('APPEND', key, data)
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  end
+end
+return out
+"""
+
+
 def id_hash(transaction_id: str) -> int:
     """The 8-byte hash stored with each event (equal ids, equal hashes)."""
     return int.from_bytes(
@@ -120,48 +137,52 @@ class RedisEventStore:
         self.horizon = horizon_seconds(spec)
         self.ttl_ms = max(1, int(IDLE_TTL_FACTOR * self.horizon * 1000)) if self.horizon else None
         self._trim = client.register_script(_TRIM_LUA)
+        self._read_append = client.register_script(_READ_APPEND_LUA)
 
     def key(self, entity: str, value: str) -> str:
         """Redis key of one entity value's history."""
         return f"{self.prefix}ev:{entity}:{value}"
 
+    def read_append_raw(self, keys: Sequence[str], appends: Sequence[bytes | memoryview | None]
+                        ) -> list[bytes | None]:  # fmt: skip
+        """Stored blobs of ``keys``; then append ``appends[i]`` (None or empty: nothing) to
+        ``keys[i]`` and renew its TTL. One script call: atomic, so the reads are one snapshot
+        and see the state before the appends."""
+        if not keys:
+            return []
+        data = [b"" if d is None else d for d in appends]
+        return self._read_append(keys=list(keys), args=[self.ttl_ms or 0, *data])
+
     def read_append(
         self, keys: Sequence[str], records: Sequence[np.ndarray | None]
     ) -> list[np.ndarray]:
-        """Histories of ``keys``; then append ``records[i]`` (None: nothing) to ``keys[i]``.
-
-        One pipelined round trip; the reads see the state before the appends.
-        """
-        pipe = self.r.pipeline(transaction=False)
-        for k in keys:
-            pipe.get(k)
-        for k, rec in zip(keys, records, strict=True):
-            if rec is not None and len(rec):
-                pipe.append(k, rec.tobytes())
-                if self.ttl_ms:
-                    pipe.pexpire(k, self.ttl_ms)
-        out = pipe.execute()
-        return [self.layout.unpack(blob) for blob in out[: len(keys)]]
+        """Histories of ``keys`` (see :meth:`RecordLayout.unpack`); then append ``records[i]``."""
+        appends = [None if r is None else r.tobytes() for r in records]
+        return [self.layout.unpack(b) for b in self.read_append_raw(keys, appends)]
 
     def read(self, keys: Sequence[str]) -> list[np.ndarray]:
         """Histories of ``keys`` (one round trip)."""
         return self.read_append(keys, [None] * len(keys))
 
-    def expire(self, keys: Iterable[str], histories: Iterable[np.ndarray], now: float) -> int:
-        """Drop records of ``keys`` older than the horizon before ``now`` (event time).
+    def trim(self, keys: Iterable[str], now: float) -> int:
+        """Drop records of ``keys`` older than the horizon before ``now`` (event time), except
+        each key's latest; returns the number of records dropped."""
+        cutoff = repr(now - self.horizon)
+        size = self.layout.dtype.itemsize
+        pipe = self.r.pipeline(transaction=False)
+        for k in dict.fromkeys(keys):
+            self._trim(keys=[k], args=[cutoff, size], client=pipe)
+        return int(sum(pipe.execute()))
 
-        Only keys whose given history holds such a record are touched; returns records dropped.
-        """
+    def expire(self, keys: Sequence[str], histories: Sequence[np.ndarray], now: float) -> int:
+        """:meth:`trim` the keys whose given history holds a record past the horizon."""
         if not self.horizon:
             return 0
         cutoff = now - self.horizon
         stale = [
             k for k, h in zip(keys, histories, strict=True) if len(h) > 1 and h["t"].min() < cutoff
         ]
-        dropped = 0
-        for k in dict.fromkeys(stale):
-            dropped += int(self._trim(keys=[k], args=[repr(cutoff), self.layout.dtype.itemsize]))
-        return dropped
+        return self.trim(stale, now) if stale else 0
 
     def clear(self) -> int:
         """Delete every history under this store's prefix; returns keys deleted."""
