@@ -197,6 +197,8 @@ class Settings:
     performance_tolerance: float
     analyst_capacity: int
     entity_key: str
+    redis_url: str
+    redis_port: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -257,6 +259,8 @@ class Settings:
             performance_tolerance=_float(env, "FRAUD_PERFORMANCE_TOLERANCE", 0.05),
             analyst_capacity=_int(env, "FRAUD_ANALYST_CAPACITY", 100),
             entity_key=_get(env, "FRAUD_ENTITY_KEY", ""),
+            redis_url=_get(env, "FRAUD_REDIS_URL", ""),
+            redis_port=_int(env, "FRAUD_REDIS_PORT", 6390),
         )
         if overrides:
             settings = replace(settings, **overrides)
@@ -277,6 +281,9 @@ class Settings:
             raise ConfigError(
                 "risk cut points must satisfy 0 <= FRAUD_RISK_MEDIUM <= FRAUD_RISK_HIGH <= 1"
             )
+        for name, port in (("FRAUD_PG_PORT", self.pg_port), ("FRAUD_REDIS_PORT", self.redis_port)):
+            if not 0 < port < 65536:
+                raise ConfigError(f"{name}={port} is not a TCP port; use 1-65535")
         if self.max_batch < 1:
             raise ConfigError("FRAUD_MAX_BATCH must be at least 1")
         if not self.read_timeout_seconds > 0:

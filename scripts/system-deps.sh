@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System tools the test suite needs besides Python: promtool (Debian's `prometheus` package)
 # and amtool (`prometheus-alertmanager`), which check deploy/prometheus and deploy/alertmanager,
-# and Chromium (`chromium`), which the dashboard's browser test drives through Playwright.
+# Chromium (`chromium`), which the dashboard's browser test drives through Playwright,
+# redis-server (online feature state, Celery broker) and nginx (the stack's load balancer).
 # As root with apt-get, installs what is missing without starting the packages' services;
 # otherwise prints what to install and exits 1 if something is missing.
 set -euo pipefail
@@ -10,12 +11,14 @@ missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: missing ${missing[*]} (promtool/amtool/chromium); install them, e.g." >&2
+    echo "error: missing ${missing[*]}; install them, e.g." >&2
     echo "  sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
     exit 1
 fi
@@ -32,8 +35,9 @@ fi
 cleanup() { if [ "$made_policy" -eq 1 ]; then rm -f "$policy"; fi; }
 trap cleanup EXIT
 
-echo ">> installing ${missing[*]} (promtool, amtool, chromium) with apt-get"
+echo ">> installing ${missing[*]} with apt-get"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 command -v promtool >/dev/null && command -v amtool >/dev/null && command -v chromium >/dev/null
+command -v redis-server >/dev/null && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; }

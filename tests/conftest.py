@@ -4,6 +4,7 @@
 - ``pg_server`` / ``pg_url``: one embedded server per session on a free port; stopped at the
   end by its postmaster pid (pg_ctl stop, SIGKILL as a last resort) and its files removed.
 - ``pg_engine``: a migrated engine with the three tables emptied before each test.
+- ``redis_server``: one embedded redis-server per session on a free port, stopped by its pid.
 - ``settings``: ``Settings`` pointing at that server and at per-test state/MLflow/report dirs,
   built from an empty environment so a developer's FRAUD_* variables cannot leak in.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from fraud_lib import pgserver, store
+from fraud_lib import pgserver, redisserver, store
 from fraud_lib.config import Settings
 
 
@@ -89,6 +90,15 @@ def pg_engine(pg_server: pgserver.EmbeddedPostgres, pg_url: str) -> Iterator[sa.
     with engine.begin() as conn:
         conn.exec_driver_sql("TRUNCATE predictions, labels, model_events RESTART IDENTITY")
     yield engine
+
+
+@pytest.fixture(scope="session")
+def redis_server(pg_base_dir: Path) -> Iterator[redisserver.EmbeddedRedis]:
+    """The session's embedded redis-server (stopped by its pid at the end)."""
+    server = redisserver.EmbeddedRedis(pg_base_dir / "redis-state", pgserver.free_port())
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture()

@@ -1,5 +1,5 @@
-"""Operations commands: the embedded ``db``, ``serve``, ``openapi``, ``airflow``, ``retrain``
-and ``demo``."""
+"""Operations commands: the embedded ``db`` and ``redis``, ``serve``, ``openapi``, ``airflow``,
+``retrain`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -63,6 +63,45 @@ def db_status(ctx: click.Context) -> None:
     """Say whether the embedded Postgres runs, with its pid, port and data dir."""
     status = _embedded(_settings(ctx)).status()
     for key, value in status.items():
+        click.echo(f"{key}: {redact(str(value))}")
+
+
+# ------------------------------------------------------------------------------ redis
+@cli.group("redis")
+def redis_group() -> None:
+    """The local (embedded) redis-server: shared online state and the Celery broker."""
+
+
+def _embedded_redis(settings: Settings) -> Any:
+    from fraud_lib import redisserver
+
+    if settings.redis_url:
+        raise FraudError("FRAUD_REDIS_URL is set: Redis is external, not managed here")
+    return redisserver.embedded_from_settings(settings)
+
+
+@redis_group.command("start")
+@click.pass_context
+def redis_start(ctx: click.Context) -> None:
+    """Start the embedded redis-server on 127.0.0.1 (password in the state dir, mode 0600)."""
+    server = _embedded_redis(_settings(ctx))
+    say(f"starting redis-server in {server.dir} on 127.0.0.1:{server.port}")
+    server.start()
+    click.echo(f"running: {server.display_url} (pid {server.pid})")
+
+
+@redis_group.command("stop")
+@click.pass_context
+def redis_stop(ctx: click.Context) -> None:
+    """Stop the embedded redis-server by its pid."""
+    click.echo("stopped" if _embedded_redis(_settings(ctx)).stop() else "not running")
+
+
+@redis_group.command("status")
+@click.pass_context
+def redis_status(ctx: click.Context) -> None:
+    """Say whether the embedded redis-server runs, with its pid, port and directory."""
+    for key, value in _embedded_redis(_settings(ctx)).status().items():
         click.echo(f"{key}: {redact(str(value))}")
 
 
