@@ -4,12 +4,8 @@ prediction log (code + system tests)."""
 
 from __future__ import annotations
 
-import secrets
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,36 +23,15 @@ from fraud_lib.features.online_labels import (
 )
 from fraud_lib.features.online_store import RedisEventStore
 from fraud_lib.features.spec import BehaviorSpec
-from fraud_lib.pgproc import free_port
 from tests.lib.test_features_online import assert_close
 
 
 @pytest.fixture(scope="module")
-def redis_client(tmp_path_factory) -> Iterator[redis.Redis]:
-    """A redis-server of this module on 127.0.0.1 with a password, stopped by its pid."""
-    tmp: Path = tmp_path_factory.mktemp("redis")
-    port, password = free_port(), secrets.token_urlsafe(16)
-    conf = tmp / "redis.conf"
-    conf.write_text(
-        f'bind 127.0.0.1\nport {port}\ndir {tmp}\nsave ""\nappendonly no\nrequirepass {password}\n'
-    )
-    conf.chmod(0o600)
-    proc = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port, password=password)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        yield client
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
+def redis_client(redis_server) -> Iterator[redis.Redis]:
+    """A client of the session's embedded redis-server (tests use their own key prefixes)."""
+    client = redis_server.client()
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="module")
