@@ -199,6 +199,7 @@ class Settings:
     entity_key: str
     redis_url: str
     redis_port: int
+    label_refresh_seconds: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -261,6 +262,7 @@ class Settings:
             entity_key=_get(env, "FRAUD_ENTITY_KEY", ""),
             redis_url=_get(env, "FRAUD_REDIS_URL", ""),
             redis_port=_int(env, "FRAUD_REDIS_PORT", 6390),
+            label_refresh_seconds=_float(env, "FRAUD_LABEL_REFRESH_SECONDS", 30.0),
         )
         if overrides:
             settings = replace(settings, **overrides)
@@ -286,6 +288,8 @@ class Settings:
                 raise ConfigError(f"{name}={port} is not a TCP port; use 1-65535")
         if self.max_batch < 1:
             raise ConfigError("FRAUD_MAX_BATCH must be at least 1")
+        if not self.label_refresh_seconds > 0:
+            raise ConfigError("FRAUD_LABEL_REFRESH_SECONDS must be above 0, e.g. 30")
         if not self.read_timeout_seconds > 0:
             raise ConfigError("FRAUD_READ_TIMEOUT_SECONDS must be above 0, e.g. 10")
         if self.buffer_bytes < self.max_body_bytes:

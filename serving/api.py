@@ -25,6 +25,7 @@ from fraud_lib.errors import DatabaseError, DataError
 from fraud_lib.redact import redact
 from serving.metrics import RISK_LEVELS
 from serving.prediction_log import LogUnavailable
+from serving.raw_scoring import score_raw
 from serving.spool import Block, encode_block
 from serving.typed_batch import decode_batch
 from serving.validation import (
@@ -99,26 +100,40 @@ def risk_levels(scores: np.ndarray, medium: float, high: float) -> np.ndarray:
     return np.searchsorted((medium, high), scores, side="right")
 
 
+def _score_validated(served: Any, txs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """Scores of validated model-column transactions and what the log stores of them."""
+    if txs.X is not None:
+        scores = np.asarray(served.score_matrix(txs.X), dtype=float)
+        return scores, {"columns": list(served.schema.features),
+                        "x": np.ascontiguousarray(txs.X, dtype="<f8").tobytes()}  # fmt: skip
+    scores = served.score_records(txs.records or [])
+    return scores, {"features": txs.records or []}  # dicts: msgspec encodes them as objects
+
+
 @bp.post("/v1/score")
 def score() -> Response:
     st = state()
     body = read_json_body(request)
     served = st.holder.current  # this request uses this model, whatever swaps meanwhile
     max_batch = st.settings.max_batch
-    txs = decode_batch(body, served.schema, max_batch) if served is not None else None
+    behavioral = served is not None and served.schema.behavior is not None
+    txs = (
+        decode_batch(body, served.schema, max_batch)
+        if served is not None and not behavioral
+        else None
+    )
     if txs is None:  # not a clean numeric batch: the generic path names every problem
         payload = decode_json(body)
         if served is None:
             raise ApiError(503, "no_model", st.holder.unavailable_message())
-        txs = validate_transactions(payload, served.schema, max_batch)
+        if behavioral:  # raw transactions: features from the online state
+            txs, scores, logged = score_raw(st.online, served, payload, max_batch,
+                                            st.settings.timestamp_bounds)  # fmt: skip
+        else:
+            txs = validate_transactions(payload, served.schema, max_batch)
     n = len(txs)
-    if txs.X is not None:
-        scores = np.asarray(served.score_matrix(txs.X), dtype=float)
-        logged = {"columns": list(served.schema.features),
-                  "x": np.ascontiguousarray(txs.X, dtype="<f8").tobytes()}  # fmt: skip
-    else:
-        scores = served.score_records(txs.records or [])
-        logged = {"features": txs.records or []}  # dicts: msgspec encodes them as objects
+    if not behavioral:
+        scores, logged = _score_validated(served, txs)
     threshold = float(served.threshold)
     flagged = scores >= threshold
     fraud = flagged.tolist()

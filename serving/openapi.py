@@ -21,6 +21,7 @@ import msgspec
 from fraud_lib.schema import FeatureSchema
 from serving import responses
 from serving.api import BatchPredictions, SinglePrediction
+from serving.raw_scoring import raw_example, raw_transaction_schema
 from serving.validation import LABEL_VALUES, MAX_ID_LENGTH, TIMESTAMP_EXAMPLE, optional_fields
 
 OPENAPI_VERSION = "3.1.0"
@@ -47,6 +48,8 @@ def _finite(description: str) -> dict[str, Any]:
 
 def transaction_schema(schema: FeatureSchema) -> dict[str, Any]:
     """The JSON Schema of one transaction for a model with ``schema``."""
+    if schema.behavior is not None:
+        return raw_transaction_schema(schema)
     props: dict[str, Any] = {
         c: _finite("a model feature; a finite number") for c in schema.features
     }
@@ -103,6 +106,8 @@ def label_schema() -> dict[str, Any]:
 
 
 def _example(schema: FeatureSchema) -> dict[str, Any]:
+    if schema.behavior is not None:
+        return raw_example(schema)
     row: dict[str, Any] = {"transaction_id": "t-1"}
     row.update(dict.fromkeys(schema.features, 0.5))
     row.update(dict.fromkeys(schema.categorical, "a"))
