@@ -59,6 +59,9 @@ from harness import (  # noqa: E402
 )
 from loadgen import build_request, run_load, single  # noqa: E402
 
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+MAX_ROWS = 1_000_000  # the batch limit of the in-process Arrow timings
+
 # fraud_lib (scikit-learn, MLflow) is imported inside the functions: the load generator's
 # spawned processes re-import this module and should stay small and quick to start.
 
@@ -96,6 +99,43 @@ def floor_timings(loaded: Any, X: np.ndarray, frame: Any) -> dict[str, float]:
         ),
         "service_predictor": served.predictor,
         "n_trees": int(getattr(clf, "n_iter_", 0)),
+    }
+
+
+def arrow_stream(frame: Any, schema: Any) -> bytes:
+    """The frame's transaction ids, times and features as an Arrow IPC stream body."""
+    import pyarrow as pa
+
+    columns = ["transaction_id", schema.time, *schema.features]
+    table = pa.Table.from_pandas(frame[columns], preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def arrow_timings(body: bytes, schema: Any) -> dict[str, float]:
+    """Median in-process time (ms) of validating the Arrow body into the matrix, and of
+    encoding an answer of as many predictions."""
+    from serving.arrow import decode_arrow, encode_predictions
+
+    def median_ms(fn: Any, n: int = 30) -> float:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times) * 1000)
+
+    txs = decode_arrow(body, schema, MAX_ROWS)
+    ids = [str(t) for t in txs.ids]
+    scores = np.linspace(0, 1, len(ids))
+    risk = ["low"] * len(ids)
+    return {
+        "decode_ms": median_ms(lambda: decode_arrow(body, schema, MAX_ROWS)),
+        "encode_answer_ms": median_ms(
+            lambda: encode_predictions(ids, ids, scores, scores > 0.5, risk, 0.5, ("m", "1"))
+        ),
     }
 
 
@@ -210,17 +250,23 @@ def main() -> None:
         # so the background COPY of the last batch does not share the 2 cores), then back to
         # back (the COPY of one batch runs during the next).
         body = json.dumps({"transactions": records[:10_000]}).encode()
-        batch_req = build_request(port, "/v1/score", body)
+        arrow_body = arrow_stream(later.iloc[:10_000], schema)
+        batch_reqs = {
+            "": build_request(port, "/v1/score", body),
+            "arrow_": build_request(port, "/v1/score", arrow_body, ARROW_STREAM),
+        }
         reps = 6 if args.quick else 16
-        results["batch_10k"] = {"body_mb": len(body) / 1e6}
-        for mode in ("alone", "back_to_back"):
+        results["batch_10k"] = {"body_mb": len(body) / 1e6, "arrow_body_mb": len(arrow_body) / 1e6,
+                                "arrow_in_process": arrow_timings(arrow_body, schema)}  # fmt: skip
+        for mode in ("alone", "back_to_back", "arrow_alone", "arrow_back_to_back"):
             lat, drains = [], []
+            batch_req = batch_reqs["arrow_" if mode.startswith("arrow_") else ""]
             for _ in range(reps):
                 stored = store.prediction_count(engine)
                 status, seconds, _ = single(port, batch_req)
                 assert status == 200, status
                 lat.append(seconds)
-                if mode == "alone":
+                if mode.endswith("alone"):
                     drains.append(wait_rows(engine, stored + 10_000))
                     time.sleep(0.5)  # Postgres's own background work after the COPY
             lat = lat[1:]  # the first request warms the worker up
@@ -430,12 +476,18 @@ def print_table(r: dict[str, Any], clients: int) -> None:
     rows += [
         ("phases 2-6 run with worker class", r["default_worker_class"]),
     ]  # fmt: skip
-    for mode, label in (("alone", "one at a time"), ("back_to_back", "back to back")):
+    for mode, label in (("alone", "JSON, one at a time"), ("back_to_back", "JSON, back to back"),
+                        ("arrow_alone", "Arrow, one at a time"),
+                        ("arrow_back_to_back", "Arrow, back to back")):  # fmt: skip
         b = r["batch_10k"][mode]
         logged = f", in Postgres {b['logged_after_s']:.2f} s later" if "logged_after_s" in b else ""
         rows.append((f"batch of 10,000, {label}: median (min-max), rows/s",
                      f"{b['median_s'] * 1000:.0f} ms ({b['min_s'] * 1000:.0f}-{b['max_s'] * 1000:.0f}), "
                      f"{b['rows_per_s']:,.0f} rows/s{logged}"))  # fmt: skip
+    a, batch = r["batch_10k"]["arrow_in_process"], r["batch_10k"]
+    rows.append(("Arrow batch of 10,000 in process: validated into the matrix / answer encoded",
+                 f"{a['decode_ms']:.2f} / {a['encode_answer_ms']:.2f} ms (body "
+                 f"{batch['arrow_body_mb']:.1f} MB, JSON {batch['body_mb']:.1f} MB)"))  # fmt: skip
     rows += [
         ("logging at full load: accepted / written to PG", f"{r['logging']['predictions_accepted_per_s']:,.0f} / {r['logging']['rows_written_per_s']:,.0f} predictions/s"),
         ("logging: backlog start / max / end", f"{r['logging']['backlog_start']:.0f} / {r['logging']['backlog_max']:.0f} / {r['logging']['backlog_end']:.0f} records, below 1,000 {r['logging']['backlog_drained_s']:.1f} s after the load ({r['logging']['drain_rows_per_s']:,.0f} rows/s)"),

@@ -23,10 +23,12 @@ _VERSION = re.compile(rb'"model":\{"name":"[^"]*","version":"([^"]*)"')
 _PID = re.compile(rb'"prediction_id":"([0-9a-f]{32})"')
 
 
-def build_request(port: int, path: str, body: bytes) -> bytes:
+def build_request(
+    port: int, path: str, body: bytes, content_type: str = "application/json"
+) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 

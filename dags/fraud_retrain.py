@@ -13,14 +13,16 @@ trigger made meanwhile queues behind it (`max_active_runs=1`).
 
 | task | what it does |
 |---|---|
-| `ingest_labeled` | labeled predictions scored in `[interval end - train_window_days, interval end)`, labels known by the interval end (plus `FRAUD_INITIAL_DATA` on a cold start) -> one parquet per window; **skips the run** when there are too few labeled rows or frauds |
-| `check_drift` | Evidently data, prediction and target drift vs the champion's training reference -> `drift_reports/fraud_retrain__<window>.html` + `.json` (also in the MLflow run) |
+| `ingest_labeled` | labeled predictions scored in `[interval end - train_window_days, interval end)`, labels known by the interval end (plus `FRAUD_INITIAL_DATA` on a cold start) -> one parquet per window, an artifact of the run's MLflow run; XCom carries its reference (run id, path, rows, sha256); **skips the run** when there are too few labeled rows or frauds |
+| `check_drift` | Evidently data, prediction and target drift vs the champion's training reference -> HTML + JSON artifacts of the MLflow run (XCom carries their `runs:/` URIs; local copy `drift_reports/fraud_retrain__<window>.html`) |
 | `train_challenger` | trains on the window minus its last `eval_window_days` of event time; registers the version with alias `challenger` |
 | `evaluate` | champion and challenger scored on that held-out slice |
 | `promote` | the promotion gate: alias move compare-and-set, a `model_events` row, version tags; logs the summary (metrics side by side, decision, reason, report). When the window's model is the champion itself (no new traffic since it was trained), the decision is `skipped` (no new challenger), never a rejection |
 | `notify_serving` | best-effort `POST /admin/reload` to the scoring service (only after a promotion) |
 
-Re-running a run (same data interval) is idempotent: same window, same report, no second model
+No task reads a file another task wrote: the window and the reports travel through the MLflow
+artifact store (served by the tracking server in a multi-host deployment), so tasks may run on
+different workers. Re-running a run (same data interval) is idempotent: same window, same report, no second model
 version and no second decision (see `fraud_lib.window` and `fraud_lib.cycle`). The logic lives
 in those two modules; this file only wires it.
 """
@@ -154,7 +156,7 @@ def fraud_retrain() -> None:
             settings, store.connect_store(settings), interval_end=end, train_days=days, run_key=key
         )
         log.info("window %s: %s rows, %s frauds -> %s", key, f"{result.rows:,}", result.frauds,
-                 result.path)  # fmt: skip
+                 (result.ref or {}).get("uri"))  # fmt: skip
         if result.skipped:
             raise AirflowSkipException(result.skipped)
         return result.as_dict()
@@ -162,6 +164,7 @@ def fraud_retrain() -> None:
     @task
     def check_drift(window: dict[str, Any]) -> dict[str, Any]:
         from fraud_lib import cycle, cycle_report
+        from fraud_lib.window_store import WindowRef
 
         settings, _, _ = _run_facts()
         ctx = get_current_context()
@@ -172,34 +175,17 @@ def fraud_retrain() -> None:
         }
         try:
             summary = cycle.check_drift(
-                settings, window["path"], window["run_key"], context=context
+                settings, WindowRef.from_dict(window["ref"]), window["run_key"], context=context
             )
         except cycle.SkipRun as exc:
             log.info("drift check skipped: %s", exc)
             return {"skipped": str(exc)}
-        psi = (summary.get("score_shift") or {}).get("psi")
-        cycle_report.log_to_run(
-            settings,
-            window["run_key"],
-            metrics={
-                "drift.drifted_share": summary["drifted_share"],
-                "drift.drifted_count": summary["drifted_count"],
-                "drift.score_psi": psi,
-                "window.rows": window["rows"],
-                "window.frauds": window["frauds"],
-            },
-            tags={
-                "fraudloop.drift_detected": summary["drift_detected"],
-                "fraudloop.drift_report": summary["html_path"],
-            },
-            artifacts=(summary["html_path"], summary["json_path"]),
-            artifact_dir="drift",
-        )
+        uris = cycle_report.log_drift(settings, window, summary)
         log.info(
             "drift %s: %s; report %s",
             "DETECTED" if summary["drift_detected"] else "not detected",
             summary["reasons"] or "below thresholds",
-            summary["html_path"],
+            uris["report_uri"],
         )
         keep = (
             "drift_detected",
@@ -209,22 +195,21 @@ def fraud_retrain() -> None:
             "columns",
             "score_shift",
             "reasons",
-            "html_path",
-            "json_path",
             "reference_basis",
             "seconds",
         )
-        return {k: summary[k] for k in keep}
+        return {**{k: summary[k] for k in keep}, **uris}
 
     @task
     def train_challenger(window: dict[str, Any]) -> dict[str, Any]:
         from fraud_lib import cycle
+        from fraud_lib.window_store import WindowRef
 
         settings, params, _ = _run_facts()
         try:
             return cycle.train_challenger(
                 settings,
-                window["path"],
+                WindowRef.from_dict(window["ref"]),
                 eval_days=float(_param(params, "eval_window_days", settings.eval_window_days)),
                 model_type=params["model_type"],
                 resample=params["resample"],
@@ -236,11 +221,12 @@ def fraud_retrain() -> None:
     @task(**IO_RETRIES)
     def evaluate(window: dict[str, Any], challenger: dict[str, Any]) -> dict[str, Any]:
         from fraud_lib import cycle
+        from fraud_lib.window_store import WindowRef
 
         settings, params, _ = _run_facts()
         return cycle.evaluate(
             settings,
-            window["path"],
+            WindowRef.from_dict(window["ref"]),
             challenger["version"],
             eval_days=float(_param(params, "eval_window_days", settings.eval_window_days)),
             min_improvement=float(

@@ -2,8 +2,9 @@
 
 Steps (one Airflow task each): :func:`fraud_lib.window.ingest_window` -> :func:`check_drift` ->
 :func:`train_challenger` -> :func:`evaluate` -> :func:`promote` -> :func:`notify_serving`;
-:func:`drift_monitor` is the daily check. Inputs and outputs are small (paths, versions,
-metrics), so they travel through XCom. The first step, the run's labeled window and its
+:func:`drift_monitor` is the daily check. Inputs and outputs are small (window references,
+``runs:/`` URIs, versions, metrics), so they travel through XCom; the window itself travels
+through the MLflow artifact store (:mod:`fraud_lib.window_store`), never as a local path. The first step, the run's labeled window and its
 event-time split, is in :mod:`fraud_lib.window`; the run's MLflow record and its human summary
 are in :mod:`fraud_lib.cycle_report`.
 
@@ -24,7 +25,6 @@ import hashlib
 import json
 import logging
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -36,12 +36,12 @@ from fraud_lib.drift import drift_report
 from fraud_lib.errors import DataError, FraudError
 from fraud_lib.monitoring import dashboard, events
 from fraud_lib.schema import FeatureSchema
-from fraud_lib.window import read_window, split_window, window_digest
+from fraud_lib.window import split_window, window_digest
+from fraud_lib.window_store import WindowRef, load_window
 
 log = logging.getLogger(__name__)
 
 TRAIN_KEY_TAG = registry.TAG + "train_key"
-RUN_KEY_TAG = registry.TAG + "run_key"
 SUMMARY_METRICS = ("average_precision", "roc_auc", "precision", "recall", "f1", "expected_cost")
 
 
@@ -93,7 +93,7 @@ def _drift_vs_champion(
 
 def check_drift(
     settings: Settings,
-    window_path: str | Path,
+    window_ref: WindowRef,
     run_key: str,
     *,
     context: dict[str, str] | None = None,
@@ -101,9 +101,9 @@ def check_drift(
     """Evidently drift of the window vs the champion's training reference (HTML + JSON in
     ``reports_dir``). Without a champion the window's older half (by event time) is the
     reference, with the logged scores. ``context`` (e.g. the DAG run) heads the HTML report."""
-    context = {"window": f"{run_key} ({window_path})", **(context or {})}
+    context = {"window": f"{run_key} ({window_ref.uri})", **(context or {})}
     schema = FeatureSchema.load(settings.schema_path)
-    window = read_window(window_path, schema)
+    window = load_window(settings, window_ref, schema)
     name = f"fraud_retrain__{run_key}"
     champion = registry.alias_version(settings, registry.CHAMPION)
     if champion is not None:
@@ -197,7 +197,7 @@ def _existing_version(settings: Settings, train_key: str) -> Any | None:
 
 def train_challenger(
     settings: Settings,
-    window_path: str | Path,
+    window_ref: WindowRef,
     *,
     eval_days: float,
     model_type: str,
@@ -211,7 +211,7 @@ def train_challenger(
     from fraud_lib.train import train_model
 
     schema = FeatureSchema.load(settings.schema_path)
-    window = read_window(window_path, schema)
+    window = load_window(settings, window_ref, schema)
     train_part, eval_part, cutoff = split_window(window, schema, eval_days)
     eval_frauds = int(eval_part[schema.label].sum())
     if eval_frauds == 0 or train_part.empty:
@@ -276,13 +276,13 @@ def train_challenger(
         result,
         settings,
         run_name=f"challenger-{run_key}" if run_key else None,
-        tags={RUN_KEY_TAG: run_key, TRAIN_KEY_TAG: key},
-        data_ref=str(window_path),
+        tags={registry.RUN_KEY_TAG: run_key, TRAIN_KEY_TAG: key},
+        data_ref=window_ref.uri,
     )
     if ref is None:
         raise FraudError("the challenger was trained but not registered in MLflow")
     c.set_model_version_tag(settings.model_name, ref.version, TRAIN_KEY_TAG, key)
-    c.set_model_version_tag(settings.model_name, ref.version, RUN_KEY_TAG, run_key)
+    c.set_model_version_tag(settings.model_name, ref.version, registry.RUN_KEY_TAG, run_key)
     return {
         "version": ref.version,
         "run_id": ref.run_id,
@@ -296,7 +296,7 @@ def train_challenger(
 # ------------------------------------------------------------------------------ gate
 def evaluate(
     settings: Settings,
-    window_path: str | Path,
+    window_ref: WindowRef,
     challenger_version: str,
     *,
     eval_days: float,
@@ -311,7 +311,7 @@ def evaluate(
     rows at or before the champion's ``fit_end`` (its metrics are optimistic).
     """
     schema = FeatureSchema.load(settings.schema_path)
-    _, eval_part, _ = split_window(read_window(window_path, schema), schema, eval_days)
+    _, eval_part, _ = split_window(load_window(settings, window_ref, schema), schema, eval_days)
     decision = promotion.evaluate_challenger(
         settings, eval_part, challenger_version, min_improvement=min_improvement, force=force
     ).as_dict()

@@ -10,7 +10,9 @@ from typing import Any
 
 from fraud_lib import registry
 from fraud_lib.config import Settings
-from fraud_lib.cycle import RUN_KEY_TAG, SUMMARY_METRICS
+from fraud_lib.cycle import SUMMARY_METRICS
+
+DRIFT_DIR = "drift"
 
 
 def log_to_run(
@@ -31,18 +33,8 @@ def log_to_run(
     very same metric points, which MLflow stores once."""
     from mlflow.entities import Metric, RunTag
 
-    experiment_id = registry.ensure_experiment(settings)
+    run_id = registry.keyed_run(settings, run_key, kind)
     c = registry.client(settings)
-    found = c.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and tags.`fraudloop.kind` = '{kind}'",
-        max_results=1,
-    )
-    if found:
-        run_id = found[0].info.run_id
-    else:
-        tags0 = {RUN_KEY_TAG: run_key, "fraudloop.kind": kind}
-        run_id = c.create_run(experiment_id, tags=tags0, run_name=f"{kind}-{run_key}").info.run_id
     now = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
     good = {
         k: float(v)
@@ -59,6 +51,38 @@ def log_to_run(
     if finish:
         c.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def log_drift(
+    settings: Settings, window: dict[str, Any], summary: dict[str, Any]
+) -> dict[str, str]:
+    """Log a retraining run's drift check (metrics, tags, the HTML and JSON report) to its
+    MLflow run; the reports' ``runs:/`` URIs (``report_uri``, ``report_json_uri``), which
+    later tasks and people use instead of the local copies."""
+    html, js = Path(summary["html_path"]), Path(summary["json_path"])
+    run_id = registry.keyed_run(settings, window["run_key"])
+    uris = {
+        "report_uri": registry.runs_uri(run_id, f"{DRIFT_DIR}/{html.name}"),
+        "report_json_uri": registry.runs_uri(run_id, f"{DRIFT_DIR}/{js.name}"),
+    }
+    log_to_run(
+        settings,
+        window["run_key"],
+        metrics={
+            "drift.drifted_share": summary["drifted_share"],
+            "drift.drifted_count": summary["drifted_count"],
+            "drift.score_psi": (summary.get("score_shift") or {}).get("psi"),
+            "window.rows": window["rows"],
+            "window.frauds": window["frauds"],
+        },
+        tags={
+            "fraudloop.drift_detected": summary["drift_detected"],
+            "fraudloop.drift_report": uris["report_uri"],
+        },
+        artifacts=(html, js),
+        artifact_dir=DRIFT_DIR,
+    )
+    return uris
 
 
 def format_summary(
@@ -110,5 +134,5 @@ def format_summary(
             f"features drifted {drift.get('drifted_columns')}, score PSI "
             f"{'-' if psi is None else f'{psi:.3f}'}; vs {drift.get('reference_basis')}"
         )
-        lines.append(f"report: {drift.get('html_path')}")
+        lines.append(f"report: {drift.get('report_uri')}")
     return "\n".join(lines)

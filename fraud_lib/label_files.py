@@ -8,7 +8,9 @@ value raises :class:`DataError` naming its row (0 = the first data row) and what
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,9 @@ LABEL_COLUMNS = (ID_COLUMN, "label", "labeled_at")
 
 
 def _check_text(p: Path) -> None:
-    """Refuse a CSV that is not UTF-8 or holds a NUL byte (the CSV parser would cut the value
-    at the NUL and store ``ab`` for ``ab\\0cd``), naming the line."""
+    """Refuse a CSV that is not UTF-8, holds a NUL byte (the CSV parser would cut the value
+    at the NUL and store ``ab`` for ``ab\\0cd``), naming the line, or names a column twice
+    in its header (pandas would read the second ``label`` as ``label.1`` and ignore it)."""
     try:
         raw = gzip.decompress(p.read_bytes()) if p.name.lower().endswith(".gz") else p.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
@@ -39,6 +42,12 @@ def _check_text(p: Path) -> None:
     if (at := raw.find(b"\x00")) >= 0:
         line = raw.count(b"\n", 0, at) + 1
         raise DataError(f"{p}: line {line} holds a NUL byte; ids and values cannot contain NUL")
+    end = raw.find(b"\n")
+    header = next(csv.reader(io.StringIO((raw if end < 0 else raw[:end]).decode())), [])
+    if twice := sorted({name for name in header if header.count(name) > 1}):
+        raise DataError(
+            f"{p}: the header names {', '.join(map(repr, twice))} more than once; keep one column each"
+        )
 
 
 def _missing(value: Any) -> bool:

@@ -45,6 +45,31 @@ _SAMPLE = sql.SQL(_KINDS).format(
 _MICROS = "(extract(epoch FROM {}) * 1000000)::int8"  # exact timestamps as int8
 
 
+FETCH_ROWS = 50_000
+
+
+def _fetch_frame(
+    raw: psycopg.Connection, query: sql.Composable, params: dict[str, Any], names: list[str]
+) -> pd.DataFrame:
+    """The rows of ``query`` through a server-side cursor, :data:`FETCH_ROWS` at a time, each
+    batch made a DataFrame at once: only one batch of Python tuples is ever alive (the whole
+    window as tuples took ~1.5 GB per million rows, and the result set as much again in
+    libpq). A column that is float in some batches and all-NULL (object) in others is float."""
+    parts = []
+    with raw.cursor(name="fraudloop_window", binary=True) as named:
+        named.execute(query, params)
+        while batch := named.fetchmany(FETCH_ROWS):
+            parts.append(pd.DataFrame.from_records(batch, columns=names))
+    if len(parts) <= 1:
+        return parts[0] if parts else pd.DataFrame.from_records([], columns=names)
+    floats = {c for part in parts for c in names if part[c].dtype == "float64"}
+    for part in parts:  # all NULL in this batch: an object column of None
+        for col in floats:
+            if part[col].dtype == object:
+                part[col] = part[col].astype("float64")
+    return pd.concat(parts, ignore_index=True)
+
+
 def _window_frame(
     conn: Connection, selection: sql.Composable, params: dict[str, Any], *, labeled: bool
 ) -> pd.DataFrame:
@@ -92,14 +117,13 @@ def _window_frame(
             )
             cur.execute("SAVEPOINT window_frame")
             try:
-                rows = cur.execute(query, params).fetchall()
+                frame = _fetch_frame(raw, query, params, base + [k for k, _ in keys])
                 break
             except psycopg.errors.InvalidTextRepresentation:
                 # a text value in a column the sample saw as numeric: look at every row
                 cur.execute("ROLLBACK TO SAVEPOINT window_frame")
                 if discovery is full_scan:
                     raise
-    frame = pd.DataFrame.from_records(rows, columns=base + [k for k, _ in keys])
     for col in ("scored_at", "labeled_at"):
         if col in frame:
             frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="us", utc=True)

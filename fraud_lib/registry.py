@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 TAG = "fraudloop."
+RUN_KEY_TAG = TAG + "run_key"
+KIND_TAG = TAG + "kind"
 
 
 def clean_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -84,6 +86,27 @@ def ensure_experiment(settings: Settings) -> str:
         settings.mlflow_artifact_dir.mkdir(parents=True, exist_ok=True)
         location = settings.mlflow_artifact_dir.as_uri()
     return c.create_experiment(settings.experiment_name, artifact_location=location)
+
+
+def runs_uri(run_id: str, artifact_path: str) -> str:
+    """The ``runs:/`` URI of an artifact: it names the artifact wherever the store is."""
+    return f"runs:/{run_id}/{artifact_path}"
+
+
+def keyed_run(settings: Settings, key: str, kind: str = "retrain") -> str:
+    """Id of the MLflow run of this ``kind`` for the DAG run key ``key``: found by its tags, or
+    created on first use, so every task of a DAG run (and every retry) logs to the same run."""
+    experiment_id = ensure_experiment(settings)
+    c = client(settings)
+    found = c.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}' and tags.`{KIND_TAG}` = '{kind}'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    tags = {RUN_KEY_TAG: key, KIND_TAG: kind}
+    return c.create_run(experiment_id, tags=tags, run_name=f"{kind}-{key}").info.run_id
 
 
 @dataclass(frozen=True)
@@ -144,7 +167,7 @@ def log_model(
     }
     X_example = model_frame(result.reference.head(5), result.schema)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.set_tags({"fraudloop.kind": "train", **(tags or {})})
+        mlflow.set_tags({KIND_TAG: "train", **(tags or {})})
         mlflow.log_params(
             {
                 **result.params,

@@ -62,10 +62,14 @@ def _parse_schema_text(p: Path, text: str) -> Any:
     """Parse JSON or YAML (by suffix); a syntax error becomes one line with its position."""
     import yaml
 
+    from fraud_lib.unique_keys import DuplicateKeyError, loads, yaml_load
+
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
-            return yaml.safe_load(text)
-        return json.loads(text)
+            return yaml_load(text)
+        return loads(text, f"schema file {p}")
+    except DuplicateKeyError as exc:
+        raise ConfigError(str(exc)) from None
     except json.JSONDecodeError as exc:
         where, problem = f"line {exc.lineno}, column {exc.colno}", exc.msg
     except yaml.MarkedYAMLError as exc:

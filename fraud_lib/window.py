@@ -1,8 +1,9 @@
 """The window step of a retraining run: the labeled predictions it trains and evaluates on.
 
-:func:`ingest_window` writes one parquet per run (named by :func:`run_key_for`),
-:func:`read_window` reads it back and :func:`split_window` cuts it into the training part and
-the evaluation slice. The later steps are in :mod:`fraud_lib.cycle`.
+:func:`ingest_window` saves one window per run (named by :func:`run_key_for`) to the run's
+MLflow artifacts (:mod:`fraud_lib.window_store`: later tasks, on any worker, load it by its
+reference) and :func:`split_window` cuts it into the training part and the evaluation slice.
+The later steps are in :mod:`fraud_lib.cycle`.
 
 **Two clocks.** A run selects logged predictions by *scoring* time (``scored_at`` in
 ``[interval_end - train_days, interval_end)``, labels known by ``interval_end``), but splits them
@@ -10,8 +11,8 @@ by *event* time (the schema's time column, e.g. ULB ``Time``): the evaluation sl
 ``eval_days * 86400`` seconds of event time, the challenger trains on everything before it. A
 replay that scores weeks of traffic within minutes therefore still gets a proper time split.
 
-**Re-running the same interval** (same ``run_key``: interval end + window length) rewrites the
-window parquet with the same rows (labels known by the interval end; a label *changed* after the
+**Re-running the same interval** (same ``run_key``: interval end + window length) saves the
+window again, to the same MLflow run and artifact path, with the same rows (labels known by the interval end; a label *changed* after the
 interval end drops its row, since its ``labeled_at`` moves).
 """
 
@@ -19,10 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -41,10 +40,11 @@ ID = "transaction_id"
 
 @dataclass
 class IngestResult:
-    """The labeled window of one run (``path`` is None when the run is skipped)."""
+    """The labeled window of one run; ``ref`` (a :class:`~fraud_lib.window_store.WindowRef`
+    as a dict) is None when the run is skipped."""
 
     run_key: str
-    path: str | None
+    ref: dict[str, Any] | None
     rows: int
     frauds: int
     logged_rows: int
@@ -98,13 +98,6 @@ def _from_log(rows: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     return out
 
 
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
 def ingest_window(
     settings: Settings,
     engine: Engine,
@@ -113,11 +106,11 @@ def ingest_window(
     train_days: int,
     run_key: str,
 ) -> IngestResult:
-    """Labeled predictions of the run's window to ``state_dir/windows/{run_key}.parquet``.
+    """Labeled predictions of the run's window, saved as the run key's MLflow artifact.
 
     Too few logged labels (rows or frauds below the settings) is a cold start: the
     ``initial_data`` file is added when set. The result says ``skipped`` (and no file is
-    written) when the window is still too small.
+    saved) when the window is still too small.
     """
     schema = FeatureSchema.load(settings.schema_path)
     start = interval_end - timedelta(days=train_days)
@@ -158,7 +151,7 @@ def ingest_window(
     rows, frauds = len(window), int(window[schema.label].sum())
     result = IngestResult(
         run_key=run_key,
-        path=None,
+        ref=None,
         rows=rows,
         frauds=frauds,
         logged_rows=n_logged,
@@ -182,16 +175,10 @@ def ingest_window(
             + ("" if settings.initial_data else ", or set FRAUD_INITIAL_DATA for a cold start")
         )
         return result
-    path = settings.state_dir / "windows" / f"{run_key}.parquet"
-    _write_parquet(window, path)
-    result.path = str(path)
-    log.info("window %s: %d rows, %d frauds -> %s", run_key, rows, frauds, path)
+    from fraud_lib.window_store import save_window
+
+    result.ref = save_window(settings, window, run_key).as_dict()
     return result
-
-
-def read_window(path: str | Path, schema: FeatureSchema) -> pd.DataFrame:
-    """A window parquet written by :func:`ingest_window`, validated against ``schema``."""
-    return schema.validate_frame(pd.read_parquet(path))
 
 
 def split_window(

@@ -23,6 +23,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from fraud_lib import store
 from fraud_lib.errors import DatabaseError, DataError
 from fraud_lib.redact import redact
+from serving.arrow import ARROW_STREAM, answer_in_arrow, decode_arrow, encode_predictions
 from serving.metrics import RISK_LEVELS
 from serving.prediction_log import LogUnavailable
 from serving.raw_scoring import score_raw
@@ -31,9 +32,12 @@ from serving.typed_batch import decode_batch
 from serving.validation import (
     SEE_LOG,
     ApiError,
+    Transactions,
     decode_json,
+    is_json,
     parse_json,
-    read_json_body,
+    read_body,
+    unsupported_media_type,
     validate_labels,
     validate_transactions,
 )
@@ -75,6 +79,9 @@ class BatchPredictions(msgspec.Struct):
 
 
 _ENCODER = msgspec.json.Encoder()
+SCORE_BODIES = (
+    f"JSON (Content-Type: application/json) or an Arrow IPC stream (Content-Type: {ARROW_STREAM})"
+)
 _RISK_NAMES = np.array(RISK_LEVELS, dtype=object)
 
 
@@ -110,30 +117,48 @@ def _score_validated(served: Any, txs: Any) -> tuple[np.ndarray, dict[str, Any]]
     return scores, {"features": txs.records or []}  # dicts: msgspec encodes them as objects
 
 
-@bp.post("/v1/score")
-def score() -> Response:
-    st = state()
-    body = read_json_body(request)
-    served = st.holder.current  # this request uses this model, whatever swaps meanwhile
+def _transactions(st: Any, served: Any) -> tuple[Transactions, bool]:
+    """The validated /v1/score request for the ``served`` model (None: none loaded), and
+    whether its body is an Arrow stream."""
     max_batch = st.settings.max_batch
-    behavioral = served is not None and served.schema.behavior is not None
-    txs = (
-        decode_batch(body, served.schema, max_batch)
-        if served is not None and not behavioral
-        else None
-    )
+    if request.mimetype == ARROW_STREAM:
+        body = read_body(request)
+        if served is None:
+            raise ApiError(503, "no_model", st.holder.unavailable_message())
+        return decode_arrow(body, served.schema, max_batch), True
+    if not is_json(request):
+        raise unsupported_media_type(request, SCORE_BODIES)
+    body = read_body(request)
+    txs = decode_batch(body, served.schema, max_batch) if served is not None else None
     if txs is None:  # not a clean numeric batch: the generic path names every problem
         payload = decode_json(body)
         if served is None:
             raise ApiError(503, "no_model", st.holder.unavailable_message())
-        if behavioral:  # raw transactions: features from the online state
-            txs, scores, logged = score_raw(st.online, served, payload, max_batch,
-                                            st.settings.timestamp_bounds)  # fmt: skip
-        else:
-            txs = validate_transactions(payload, served.schema, max_batch)
-    n = len(txs)
-    if not behavioral:
+        txs = validate_transactions(payload, served.schema, max_batch)
+    return txs, False
+
+
+def _raw_transactions(st: Any, served: Any) -> tuple[Transactions, np.ndarray, dict[str, Any]]:
+    """A behavioral champion's request (JSON raw transactions): validated, features computed
+    from the online state, scored; see :mod:`serving.raw_scoring`."""
+    if not is_json(request):
+        raise unsupported_media_type(request, SCORE_BODIES)
+    payload = decode_json(read_body(request))
+    return score_raw(st.online, served, payload, st.settings.max_batch,
+                     st.settings.timestamp_bounds)  # fmt: skip
+
+
+@bp.post("/v1/score")
+def score() -> Response:
+    st = state()
+    served = st.holder.current  # this request uses this model, whatever swaps meanwhile
+    if served is not None and served.schema.behavior is not None:
+        txs, scores, logged = _raw_transactions(st, served)
+        arrow_body = False
+    else:
+        txs, arrow_body = _transactions(st, served)
         scores, logged = _score_validated(served, txs)
+    n = len(txs)
     threshold = float(served.threshold)
     flagged = scores >= threshold
     fraud = flagged.tolist()
@@ -173,14 +198,21 @@ def score() -> Response:
     st.metrics.observe_scores(scores, flagged, levels)
     st.metrics.batch_size.observe(n)
     model = Model(served.name, served.version)
-    if txs.batch:
-        predictions = list(map(Prediction, ids, pids, score_list, fraud, risk, repeat(threshold)))
-        answer: msgspec.Struct = BatchPredictions(predictions, model, n)
+    if answer_in_arrow(request, arrow_body):
+        answer: Any = encode_predictions(ids, pids, scores, flagged, risk, threshold,  # type: ignore[arg-type]
+                                         (served.name, served.version))  # fmt: skip
+        response = Response(answer, status=200, mimetype=ARROW_STREAM)
     else:
-        answer = SinglePrediction(
-            ids[0], pids[0], score_list[0], fraud[0], risk[0], threshold, model
-        )
-    response = Response(_ENCODER.encode(answer), status=200, mimetype="application/json")
+        if txs.batch:
+            predictions = list(
+                map(Prediction, ids, pids, score_list, fraud, risk, repeat(threshold))
+            )
+            answer = BatchPredictions(predictions, model, n)
+        else:
+            answer = SinglePrediction(
+                ids[0], pids[0], score_list[0], fraud[0], risk[0], threshold, model
+            )
+        response = Response(_ENCODER.encode(answer), status=200, mimetype="application/json")
     # freed once the answer is sent: for 10,000 rows the decoded records alone take ~4 ms
     response.call_on_close([txs, block, answer].clear)
     if full:  # wake the shipper once the answer is sent: woken before, its decoding took the

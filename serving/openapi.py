@@ -21,6 +21,10 @@ import msgspec
 from fraud_lib.schema import FeatureSchema
 from serving import responses
 from serving.api import BatchPredictions, SinglePrediction
+from serving.arrow import ARROW_STREAM, column_rules
+from serving.arrow.answer import ANSWER_FIELDS
+from serving.arrow.batch import TYPE_NAMES
+from serving.arrow.stream import MAX_RECORD_BATCHES
 from serving.raw_scoring import raw_example, raw_transaction_schema
 from serving.validation import LABEL_VALUES, MAX_ID_LENGTH, TIMESTAMP_EXAMPLE, optional_fields
 
@@ -129,28 +133,77 @@ def _responses(ok: str, ok_schema: Any, errors: dict[int, str]) -> dict[str, Any
 
 
 BODY_ERRORS = {
-    400: "invalid JSON or a field that fails validation (`fields` names each)",
+    400: "invalid JSON (`invalid_json`), an object that repeats a key (`duplicate_key`) or a "
+    "field that fails validation (`invalid_input`); `fields` names each",
     413: "the body (FRAUD_MAX_BODY_BYTES) or the batch (FRAUD_MAX_BATCH) is too large",
     415: "the body is not sent as application/json",
 }
+SCORE_BODY_ERRORS = {
+    **BODY_ERRORS,
+    400: "invalid JSON, an unreadable Arrow stream, or a column or field that fails validation "
+    "(`fields` names each)",
+    415: f"the body is sent as neither application/json nor {ARROW_STREAM}",
+}
 
 
-def _api_paths(schema: FeatureSchema) -> dict[str, Any]:
+def arrow_request(schema: FeatureSchema, max_batch: int) -> dict[str, Any]:
+    """The media type object of an Arrow IPC stream batch for ``schema``: its columns in
+    ``x-arrow-columns`` (from the rules that check them)."""
+    columns = [
+        {"name": name, "types": rule.type_names, "nulls": rule.nulls, "required": rule.required,
+         "description": rule.description}
+        for name, rule in column_rules(schema).items()
+    ]  # fmt: skip
+    description = (
+        f"An Arrow IPC stream (not the file format) of 1 to {max_batch} rows (FRAUD_MAX_BATCH) "
+        f"in at most {MAX_RECORD_BATCHES} uncompressed record batches, no dictionary-encoded "
+        "column; the columns of `x-arrow-columns` in any order, nothing else. The rules are the "
+        "JSON batch's: finite features, unique transaction ids of 1 to 200 characters."
+    )
+    return {
+        "schema": {"type": "string", "contentMediaType": ARROW_STREAM, "description": description},
+        "x-arrow-columns": columns,
+    }
+
+
+def arrow_answer() -> dict[str, Any]:
+    """The media type object of the Arrow answer to /v1/score."""
+    columns = [
+        {"name": name, "types": [TYPE_NAMES[kind]], "nulls": False, "description": text}
+        for name, kind, text in ANSWER_FIELDS
+    ]
+    return {
+        "schema": {
+            "type": "string",
+            "contentMediaType": ARROW_STREAM,
+            "description": "One record batch, one row per transaction in request order; the "
+            "schema's metadata holds `model_name` and `model_version`. Sent when the body is "
+            "Arrow or `Accept` asks for it.",
+        },
+        "x-arrow-columns": columns,
+    }
+
+
+def _api_paths(schema: FeatureSchema, max_batch: int) -> dict[str, Any]:
     one = _example(schema)
     score_body = {"oneOf": [_ref("Transaction"), _ref("TransactionBatch")]}
     examples = {"one": {"value": one}, "batch": {"value": {"transactions": [one]}}}
     unavailable = {503: "no model is loaded, or the prediction could not be logged"}
+    score_responses = _responses(
+        "the predictions, logged before this answer",
+        {"oneOf": [_ref("SinglePrediction"), _ref("BatchPredictions")]},
+        {**SCORE_BODY_ERRORS, **unavailable},
+    )
+    score_content = {"application/json": {"schema": score_body, "examples": examples}}
+    if not schema.categorical:  # Arrow bodies are taken for numeric-only models
+        score_content[ARROW_STREAM] = arrow_request(schema, max_batch)
+    score_responses["200"]["content"][ARROW_STREAM] = arrow_answer()
     return {
         "/v1/score": {"post": {
             "summary": "Score one transaction or a batch",
             "operationId": "score",
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": score_body, "examples": examples}}},
-            "responses": _responses(
-                "the predictions, logged before this answer",
-                {"oneOf": [_ref("SinglePrediction"), _ref("BatchPredictions")]},
-                {**BODY_ERRORS, **unavailable},
-            ),
+            "requestBody": {"required": True, "content": score_content},
+            "responses": score_responses,
         }},
         "/v1/labels": {"post": {
             "summary": "Upsert labels (idempotent); unknown transaction ids are reported back",
@@ -233,11 +286,13 @@ def build_document(schema: FeatureSchema, max_batch: int) -> dict[str, Any]:
             "version": version("fraudloop"),
             "description": (
                 f"Scores card transactions with the MLflow `champion` model ({columns} feature "
-                'columns). Every error is `{"error": {"code", "message", "fields"}}`. '
+                "columns), as JSON or, for batches, an Apache Arrow IPC stream "
+                f"(`{ARROW_STREAM}`). Every error is "
+                '`{"error": {"code", "message", "fields"}}`. '
                 "Interactive page: /docs."
             ),
         },
-        "paths": {**_api_paths(schema), **_ops_paths()},
+        "paths": {**_api_paths(schema, max_batch), **_ops_paths()},
         "components": _components(schema, max_batch),
     }
 

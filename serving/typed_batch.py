@@ -11,7 +11,10 @@ the type scan of :func:`serving.validation.validate_transactions`.
 It accepts only what that generic path accepts, with the same values: whatever msgspec
 refuses, and a batch that is empty, too large, or has an empty, too long, NUL-holding or
 duplicate transaction id, gives ``None``, and the caller takes the generic path, which
-answers the field-level 400 (or the 413) naming each problem.
+answers the field-level 400 (or the 413) naming each problem. So does a body whose ``"`` the
+decoded batch does not account for (:mod:`fraud_lib.unique_keys`): a Struct keeps one value
+of a repeated key, and the generic path names the repeat. An optional field that is absent
+decodes as ``UNSET`` (not None) so that an explicit ``null`` is counted as the key it is.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import msgspec
 import numpy as np
 
 from fraud_lib.schema import FeatureSchema
+from fraud_lib.unique_keys import body_quotes, implied_quotes
 from serving.validation import Transactions, clean_ids
 
 BATCH_KEY = "transactions"
+UNSET = msgspec.UNSET
 
 
 class _TypedBatch(NamedTuple):
@@ -36,6 +41,7 @@ class _TypedBatch(NamedTuple):
     transaction_id: attrgetter
     event_time: attrgetter
     time: attrgetter
+    ignored: tuple[attrgetter, ...]  # the label and id columns
 
 
 @functools.lru_cache(maxsize=16)
@@ -45,7 +51,9 @@ def _typed_batch(schema: FeatureSchema) -> _TypedBatch | None:
     column name msgspec refuses (quotes, backslashes, control characters)."""
     if schema.categorical or schema.time in ("transaction_id", "event_time"):
         return None
-    optional = {"transaction_id": str | None, "event_time": float | None, schema.time: float | None}
+    unset = msgspec.UnsetType
+    optional = {"transaction_id": str | None | unset, "event_time": float | None | unset,
+                schema.time: float | None | unset}  # fmt: skip
     for ignored in (schema.label, schema.id):  # any value; a name with another role keeps it
         if ignored:
             optional.setdefault(ignored, Any)
@@ -55,7 +63,7 @@ def _typed_batch(schema: FeatureSchema) -> _TypedBatch | None:
     attrs = [f"f{i}" for i in range(len(names))]
     width = len(schema.features)
     fields: list[Any] = [(a, float) for a in attrs[:width]]
-    fields += [(a, kind, None) for a, kind in zip(attrs[width:], optional.values(), strict=True)]
+    fields += [(a, kind, UNSET) for a, kind in zip(attrs[width:], optional.values(), strict=True)]
     try:
         record = msgspec.defstruct("TypedTransaction", fields, rename=dict(zip(attrs, names, strict=True)),
                                    forbid_unknown_fields=True, gc=False)  # fmt: skip
@@ -73,7 +81,32 @@ def _typed_batch(schema: FeatureSchema) -> _TypedBatch | None:
         transaction_id=attrgetter(attr["transaction_id"]),
         event_time=attrgetter(attr["event_time"]),
         time=attrgetter(attr[schema.time]),
+        ignored=tuple(attrgetter(attr[name]) for name in names[width + 3 :]),
     )
+
+
+def _present(values: list[Any]) -> int:
+    """How many of one optional field's values were in the body (``null`` included)."""
+    return len(values) - values.count(UNSET)
+
+
+def _unset_as_none(values: list[Any]) -> list[Any]:
+    return [None if v is UNSET else v for v in values] if UNSET in values else values
+
+
+def _accounted(body: bytes, typed: _TypedBatch, records: list[Any], ids: list[Any],
+               events: list[Any], times: list[Any]) -> bool:  # fmt: skip
+    """True when the decoded batch accounts for every ``"`` of ``body`` (no key was lost)."""
+    n = len(records)
+    strings = n - ids.count(UNSET) - ids.count(None)  # the ids given as strings
+    inner = "".join(filter(None, ids)).count('"')  # UNSET, None and "" are falsy
+    implied = 2 + 2 * n * typed.width + 2 * strings + inner  # "transactions", features, ids
+    implied += 2 * (_present(ids) + _present(events) + _present(times))  # their keys
+    for getter in typed.ignored:
+        values = list(map(getter, records))
+        if (present := _present(values)) != 0:
+            implied += 2 * present + implied_quotes(v for v in values if v is not UNSET)
+    return body_quotes(body) == implied
 
 
 def decode_batch(body: bytes, schema: FeatureSchema, max_batch: int) -> Transactions | None:
@@ -88,11 +121,15 @@ def decode_batch(body: bytes, schema: FeatureSchema, max_batch: int) -> Transact
     if not 0 < len(records) <= max_batch:
         return None
     ids = list(map(typed.transaction_id, records))
+    events = list(map(typed.event_time, records))
+    times = list(map(typed.time, records))
+    if not _accounted(body, typed, records, ids, events, times):
+        return None
+    ids, events = _unset_as_none(ids), _unset_as_none(events)
     if not clean_ids(ids):
         return None
-    events = list(map(typed.event_time, records))
     if None in events:  # event_time, when given, wins over the time column
-        times = map(typed.time, records)
+        times = _unset_as_none(times)
         events = [t if e is None else e for e, t in zip(events, times, strict=True)]
     n, width = len(records), typed.width
     # one pass over the records' feature values: astuple reads a Struct's slots directly

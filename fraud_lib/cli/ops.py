@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from fraud_lib import unique_keys
 from fraud_lib.cli.base import _engine, _settings, check_directory, cli, say
 from fraud_lib.config import Settings
 from fraud_lib.errors import ConfigError, FraudError
@@ -286,7 +287,7 @@ def retrain(
     from fraud_lib import airflow_local
 
     try:
-        conf = json.loads(conf_json)
+        conf = unique_keys.loads(conf_json, "--conf")
     except json.JSONDecodeError as exc:
         raise FraudError(f"--conf is not valid JSON: {exc}") from None
     if not isinstance(conf, dict):

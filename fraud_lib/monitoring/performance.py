@@ -273,16 +273,18 @@ def performance_monitor(
     )
     if report:
         from fraud_lib.monitoring import dashboard
-        from fraud_lib.monitoring.performance_report import write_report
+        from fraud_lib.monitoring.performance_report import write_report, write_summary
 
         mark = time.perf_counter()
-        write_report(settings, result, frame)
+        details = write_report(settings, result, frame)
         seconds["report"] = time.perf_counter() - mark
         dashboard.add_performance(
             settings, [{**c.as_dict(), "volume": c.n, "provisional": not c.mature} for c in cohorts]
         )
     seconds["total"] = time.perf_counter() - started
     result.seconds = {k: round(v, 3) for k, v in seconds.items()}
+    if report:  # last: the JSON holds the timings (it was written before them, with {})
+        write_summary(settings, result, details)
     progress(
         f"{len(cohorts)} cohorts ({sum(c.mature for c in cohorts)} mature); "
         f"{'DROP' if decision.drop_detected else 'no drop'} in {metric}"

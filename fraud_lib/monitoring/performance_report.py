@@ -100,14 +100,16 @@ def _sample(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
     return frame if len(frame) <= REPORT_ROWS else frame.sample(REPORT_ROWS, random_state=seed)
 
 
-def write_report(settings: Settings, result: PerformanceResult, frame: pd.DataFrame) -> None:
-    """Write ``<name>.html`` (Evidently) and ``<name>.json`` (the result), log both and the
-    run's numbers to MLflow; sets the paths and run id on ``result``."""
+def write_report(
+    settings: Settings, result: PerformanceResult, frame: pd.DataFrame
+) -> dict[str, Any]:
+    """Write ``<name>.html`` (Evidently) and log it and the run's numbers to MLflow; sets the
+    paths and run id on ``result``. Returns what :func:`write_summary` adds to the JSON."""
     as_of = datetime.fromisoformat(result.as_of)
     name = f"{NAME}__{run_key(as_of)}"
     out = Path(settings.reports_dir)
     out.mkdir(parents=True, exist_ok=True)
-    html_path, json_path = out / f"{name}.html", out / f"{name}.json"
+    html_path = out / f"{name}.html"
     current, reference, what = _sides(result, frame)
     thresholds = current["threshold"].dropna()
     threshold = float(thresholds.median()) if len(thresholds) else 0.5
@@ -119,12 +121,26 @@ def write_report(settings: Settings, result: PerformanceResult, frame: pd.DataFr
         ref = None if reference is None else _sample(reference, 1)
         evidently = classification_report(_sample(current, 0), ref, threshold, html_path)
     result.html_path = str(html_path) if html_path.exists() else None
-    result.json_path = str(json_path)
-    summary = {**result.as_dict(), "report": {"data": what, "threshold": threshold,
-                                              "evidently": evidently}}  # fmt: skip
-    json_path.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+    result.json_path = str(out / f"{name}.json")
     result.mlflow_run_id = _log_mlflow(settings, result, as_of)
-    log.info("performance report %s (%s)", result.html_path or json_path, what)
+    log.info("performance report %s (%s)", result.html_path or result.json_path, what)
+    return {"data": what, "threshold": threshold, "evidently": evidently}
+
+
+def write_summary(settings: Settings, result: PerformanceResult, report: dict[str, Any]) -> None:
+    """Write ``result`` (its timings included, so call it last) with ``report`` (from
+    :func:`write_report`) to ``result.json_path`` and add the file to the MLflow run."""
+    from fraud_lib import registry
+
+    if result.json_path is None or result.mlflow_run_id is None:
+        raise ValueError("write_summary needs the paths and run that write_report sets")
+    summary = {**result.as_dict(), "report": report}
+    Path(result.json_path).write_text(
+        json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
+    )
+    registry.client(settings).log_artifact(
+        result.mlflow_run_id, result.json_path, artifact_path=KIND
+    )
 
 
 def _log_mlflow(settings: Settings, result: PerformanceResult, as_of: datetime) -> str:
@@ -157,7 +173,7 @@ def _log_mlflow(settings: Settings, result: PerformanceResult, as_of: datetime) 
             "fraudloop.reasons": "; ".join(decision["reasons"]) or "-",
             "fraudloop.performance_report": result.html_path or result.json_path,
         },
-        artifacts=tuple(p for p in (result.html_path, result.json_path) if p),
+        artifacts=(result.html_path,) if result.html_path else (),
         artifact_dir=KIND,
         finish=True,
     )

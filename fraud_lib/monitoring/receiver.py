@@ -9,12 +9,13 @@ object of at most :data:`MAX_BODY_BYTES`; anything else gets a 4xx and is not re
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+
+from fraud_lib import unique_keys
 
 MAX_BODY_BYTES = 1 << 20  # an alert payload is a few kB
 
@@ -77,8 +78,10 @@ def _handler(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
             if not 0 <= length <= MAX_BODY_BYTES:
                 return self._reply(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
             try:
-                body = json.loads(self.rfile.read(length).decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+                body = unique_keys.loads(self.rfile.read(length).decode("utf-8"), "the body")
+            except unique_keys.DuplicateKeyError as exc:
+                return self._reply(400, str(exc))
+            except (UnicodeDecodeError, ValueError, RecursionError):
                 return self._reply(400, "the body must be JSON in UTF-8")
             if not isinstance(body, dict):
                 return self._reply(400, "the body must be a JSON object")

@@ -31,6 +31,7 @@ from fraud_lib.features import predict_scores
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.train import train_model
 from fraud_lib.window import run_key_for
+from fraud_lib.window_store import WindowRef, load_window
 from tests.alert_receivers import webhook  # noqa: F401 - fixture used by name
 from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
 from tests.lib.drift_html import assert_report_agrees
@@ -203,9 +204,21 @@ def _run_captured(monkeypatch, capfd, caplog, world: World, dag_id: str, **kwarg
     return run, states, Output(out, err, records)
 
 
-def _drift_report(summary: dict[str, Any]) -> dict[str, Any]:
-    """The saved JSON of a drift check, after checking that its HTML headline agrees."""
-    saved = json.loads(Path(summary["json_path"]).read_text())
+def _artifact(world: World, uri: str) -> Path:
+    """A ``runs:/`` artifact of the world's MLflow store, downloaded."""
+    import mlflow
+
+    registry.client(world.settings)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+
+
+def _drift_report(summary: dict[str, Any], world: World | None = None) -> dict[str, Any]:
+    """The saved JSON of a drift check (the monitor's local file, or the retraining run's
+    artifact), after checking that its HTML headline agrees."""
+    if world is None:
+        saved = json.loads(Path(summary["json_path"]).read_text())
+    else:
+        saved = json.loads(_artifact(world, summary["report_json_uri"]).read_text())
     assert_report_agrees(saved)
     return saved
 
@@ -301,10 +314,13 @@ def test_no_drift_writes_report_and_rejects_a_challenger_that_is_not_better(
     assert window["rows"] == TRAFFIC_DAYS * ROWS_PER_DAY and window["initial_rows"] == 0
     drift = _xcom(run, "check_drift")
     assert drift["drift_detected"] is False
-    report = json.loads(Path(drift["json_path"]).read_text())
+    report = _drift_report(drift, stable)
     assert report["rows"]["current_used"] == 5000 and "sample" in report["sampling"]
-    assert _drift_report(drift)["context"]["DAG run"] == f"fraud_retrain {run.run_id}"
-    assert Path(drift["html_path"]).exists()
+    assert report["context"]["DAG run"] == f"fraud_retrain {run.run_id}"
+    assert "html_path" not in drift and drift["report_uri"].startswith("runs:/")
+    assert _artifact(stable, drift["report_uri"]).stat().st_size > 1_000_000
+    local_copy = stable.settings.reports_dir / Path(drift["report_uri"]).name
+    assert local_copy.exists()  # the single-machine copy in drift_reports/
     outcome = _xcom(run, "promote")
     assert outcome["event"] == "rejected" and "does not beat champion" in outcome["reason"]
     assert registry.alias_version(stable.settings) == stable.champion
@@ -325,7 +341,7 @@ def test_new_pattern_drift_promotes_the_challenger(monkeypatch, capfd, caplog, e
     assert "decision: promoted" in output.messages()
     drift = _xcom(run, "check_drift")
     assert drift["drift_detected"] is True and {"V4", "V12"} <= set(drift["drifted_columns"])
-    assert _drift_report(drift)["evidently_dataset_drift"]["drift_share"] == 0.05
+    assert _drift_report(drift, drifted)["evidently_dataset_drift"]["drift_share"] == 0.05
     challenger = _xcom(run, "train_challenger")
     decision = _xcom(run, "promote")
     assert decision["event"] == "promoted", decision["reason"]
@@ -350,9 +366,9 @@ def test_new_pattern_drift_promotes_the_challenger(monkeypatch, capfd, caplog, e
         a.path
         for a in registry.client(drifted.settings).list_artifacts(mlflow_run.info.run_id, "drift")
     }
-    assert {Path(drift["html_path"]).name, Path(drift["json_path"]).name} <= {
-        Path(a).name for a in artifacts
-    }
+    assert {f"drift/{Path(drift[k]).name}" for k in ("report_uri", "report_json_uri")} <= artifacts
+    assert mlflow_run.data.tags["fraudloop.drift_report"] == drift["report_uri"]
+    assert drift["report_uri"].startswith(f"runs:/{mlflow_run.info.run_id}/drift/")
 
 
 def test_rerunning_the_same_interval_is_idempotent(monkeypatch, engine, drifted):
@@ -363,17 +379,15 @@ def test_rerunning_the_same_interval_is_idempotent(monkeypatch, engine, drifted)
         "champion": registry.alias_version(drifted.settings),
         "predictions": store.prediction_count(engine),
     }
-    first_path = Path(drifted.settings.state_dir / "windows")
-    first_files = {p.name: pd.read_parquet(p) for p in first_path.glob("*.parquet")}
-    assert len(first_files) == 1
+    key = run_key_for(drifted.end, CONF["train_window_days"])
+    run_id = registry.keyed_run(drifted.settings, key)
+    first = pd.read_parquet(_artifact(drifted, f"runs:/{run_id}/window/{key}.parquet"))
 
     run, states = _run(monkeypatch, drifted, "fraud_retrain", conf=CONF)
     assert states["promote"] == "success" and states["notify_serving"] == "skipped"
-    window = _xcom(run, "ingest_labeled")
-    assert Path(window["path"]).name in first_files
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(window["path"]), first_files[Path(window["path"]).name]
-    )
+    ref = WindowRef.from_dict(_xcom(run, "ingest_labeled")["ref"])
+    assert ref.run_id == run_id  # the re-run logs to the same MLflow run
+    pd.testing.assert_frame_equal(load_window(drifted.settings, ref), first)
     assert _xcom(run, "train_challenger")["reused"] is True
     outcome = _xcom(run, "promote")
     assert outcome["replayed"] is True and outcome["event"] == "promoted"
@@ -384,7 +398,8 @@ def test_rerunning_the_same_interval_is_idempotent(monkeypatch, engine, drifted)
     assert _events(engine, drifted) == before["events"]
     assert registry.alias_version(drifted.settings) == before["champion"]
     assert store.prediction_count(engine) == before["predictions"]
-    assert len(list(first_path.glob("*"))) == 1  # no stray temp files
+    assert [a.path for a in client.list_artifacts(run_id, "window")] == [ref.artifact_path]
+    assert not (drifted.settings.state_dir / "windows").exists()  # nothing on local disk
 
 
 def test_a_run_on_the_champions_own_window_is_skipped_not_a_rejection(monkeypatch, engine, drifted):

@@ -120,6 +120,14 @@ def test_rollback_to_the_champion_itself_is_refused(tmp_path, cli_env):
     assert json.loads(run(["models", "--json"], cli_env, tmp_path).stdout) == before
 
 
+def test_retrain_conf_with_a_repeated_key_is_refused(tmp_path, cli_env):
+    """json.loads kept the last ``dry_run``: the run would have promoted for real."""
+    conf = '{"dry_run": true, "model_type": "lr", "dry_run": false}'
+    proc = run(["retrain", "--conf", conf], cli_env, tmp_path, ok=False)
+    _assert_clean_error(proc, "error: --conf repeats a key: 'dry_run'; send each key once")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_labels_import_reports_unknown_ids(tmp_path, cli_env):
     path = tmp_path / "labels.csv"
     path.write_text("transaction_id,label,labeled_at\nt-1,1,2026-01-02T00:00:00Z\nt-2,0,\n")
@@ -154,8 +162,12 @@ def test_labels_import_reports_unknown_ids(tmp_path, cli_env):
         (b"transaction_id,label\nt-1,1\nt-2,\n", ["row 1 has no label; labels must be 0 or 1"]),
         (b"transaction_id,label\nt-1,yes\n", ["row 0 has label 'yes'; labels must be 0 or 1"]),
         (b"transaction_id,label\nt-1,1\nt-\xff2,0\n", ["line 3 is not valid UTF-8 (byte 0xff)"]),
+        (  # pandas read the second label as "label.1" and stored the first one
+            b"transaction_id,label,label\nt-1,0,1\n",
+            ["the header names 'label' more than once; keep one column each"],
+        ),
     ],
-    ids=["nul", "long-id", "1600", "9999", "digits", "non-iso", "nan", "yes", "utf8"],
+    ids=["nul", "long-id", "1600", "9999", "digits", "non-iso", "nan", "yes", "utf8", "twice"],
 )
 def test_labels_import_refuses_hostile_files(tmp_path, cli_env, pg_engine, content, fragments):
     path = tmp_path / "labels.csv"

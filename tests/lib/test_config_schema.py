@@ -178,6 +178,22 @@ def test_json_syntax_error_is_one_line_with_file_and_line(tmp_path):
         ("time.json", b'{"time": ["t"], "label": "y", "features": ["a"]}', "'time' must be"),
         ("keys.yaml", b"time: t\nlabel: y\nfeatures: [a]\n1: x\n", "unknown keys ['1']"),
         ("dupe.yaml", b"time: t\nlabel: y\nfeatures: [a, a]\n", "columns listed twice: a"),
+        # a repeated key: PyYAML and json kept the last value silently
+        (
+            "twice.yaml",
+            b"time: t\nlabel: y\nfeatures: [a]\nfeatures: [b]\n",
+            "line 4, column 1: duplicate key 'features'; give each key once",
+        ),
+        (
+            "twice.json",
+            b'{"time": "t", "label": "y", "features": ["a"], "features": ["b"]}',
+            "repeats a key: 'features'",
+        ),
+        (
+            "nested.json",
+            b'{"time": "t", "features": ["a"], "behavior": {"k": 1, "k": 2}}',
+            "repeats a key: 'behavior.k'",
+        ),
     ],
 )
 def test_hostile_schema_files_give_one_line_errors(tmp_path, name, content, match):

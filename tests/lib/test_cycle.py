@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from fraud_lib import cycle, cycle_report, store
+from fraud_lib import cycle, cycle_report, registry, store
 from fraud_lib.data import generate, save_transactions
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.window import ingest_window, run_key_for, split_window
+from fraud_lib.window_store import WindowRef, load_window, save_window
 
 SCHEMA = FeatureSchema()
 END = datetime(2025, 3, 3, tzinfo=UTC)
@@ -84,7 +85,7 @@ def test_window_uses_labels_known_by_the_interval_end_and_reruns_are_identical(s
     # rows scored in the last 6 hours have no label yet at the interval end
     unlabeled = traffic[SCHEMA.time] - traffic[SCHEMA.time].min() >= 6 * 86_400 - 6 * 3600
     assert first.rows == len(traffic) - int(unlabeled.sum())
-    window = pd.read_parquet(first.path)
+    window = load_window(small, WindowRef.from_dict(first.ref))
     assert list(window.columns) == [
         "transaction_id",
         "Time",
@@ -98,19 +99,20 @@ def test_window_uses_labels_known_by_the_interval_end_and_reruns_are_identical(s
 
     store.upsert_labels(pg_engine, [{"transaction_id": "late", "label": 1}])  # after the end
     again = ingest_window(small, pg_engine, interval_end=END, train_days=7, run_key=key)
-    assert again.digest == first.digest and again.path == first.path
-    pd.testing.assert_frame_equal(pd.read_parquet(again.path), window)
-    assert [p.name for p in (small.state_dir / "windows").iterdir()] == [f"{key}.parquet"]
+    assert again.digest == first.digest and again.ref == first.ref  # same run, same bytes
+    pd.testing.assert_frame_equal(load_window(small, WindowRef.from_dict(again.ref)), window)
+    stored = registry.client(small).list_artifacts(first.ref["run_id"], "window")
+    assert [a.path for a in stored] == [f"window/{key}.parquet"]
+    assert not (small.state_dir / "windows").exists()  # nothing on the worker's disk
 
 
 def test_too_few_labels_is_a_skip_with_a_reason_and_no_file(settings, pg_engine):
     traffic = generate(1, rows_per_day=300, seed=6, label_delay_days=0)
     _log(pg_engine, traffic, first_scored=END - timedelta(days=2), label_lag=timedelta(0))
     result = ingest_window(settings, pg_engine, interval_end=END, train_days=7, run_key="k")
-    assert result.rows == 300 and result.path is None
+    assert result.rows == 300 and result.ref is None
     assert "too few labels" in result.skipped and "FRAUD_MIN_LABELED_ROWS" in result.skipped
     assert "FRAUD_INITIAL_DATA" in result.skipped
-    assert not (settings.state_dir / "windows").exists()
 
 
 def test_cold_start_adds_the_initial_data_file_without_duplicates(small, pg_engine, tmp_path):
@@ -121,19 +123,17 @@ def test_cold_start_adds_the_initial_data_file_without_duplicates(small, pg_engi
     settings = replace(small, initial_data=str(path))
     result = ingest_window(settings, pg_engine, interval_end=END, train_days=7, run_key="c")
     assert result.logged_rows == 100 and result.initial_rows == len(initial) - 100
-    window = pd.read_parquet(result.path)
+    window = load_window(settings, WindowRef.from_dict(result.ref))
     assert window["transaction_id"].is_unique and len(window) == len(initial)
     assert set(window["source"]) == {"log", "initial"}
 
 
-def test_train_challenger_skips_when_the_evaluation_slice_has_no_frauds(small, tmp_path):
+def test_train_challenger_skips_when_the_evaluation_slice_has_no_frauds(small):
     df = SCHEMA.validate_frame(generate(4, rows_per_day=300, seed=8, fraud_rate=0.02))
     df.loc[df["Time"] > df["Time"].max() - 86_400, "Class"] = 0
-    df = df.assign(score=0.0, source="log")
-    path = tmp_path / "w.parquet"
-    df.to_parquet(path)
+    ref = save_window(small, df.assign(score=0.0, source="log"), "no-fraud")
     with pytest.raises(cycle.SkipRun, match="evaluation slice"):
-        cycle.train_challenger(small, path, eval_days=1, model_type="lr", resample="none")
+        cycle.train_challenger(small, ref, eval_days=1, model_type="lr", resample="none")
 
 
 class _Reload(http.server.BaseHTTPRequestHandler):
@@ -181,11 +181,11 @@ def test_summary_puts_the_metrics_side_by_side():
             "drift_detected": False,
             "drifted_count": 0,
             "columns": ["a"],
-            "html_path": "r.html",
+            "report_uri": "runs:/r/drift/r.html",
         },
     )
     assert "challenger v3" in text and "champion v2" in text
     line = next(x for x in text.splitlines() if x.startswith("average_precision"))
     assert line.split()[1:] == ["0.6100", "0.6500"]
     assert next(x for x in text.splitlines() if x.startswith("roc_auc")).split()[2] == "-"
-    assert "decision: rejected - not better" in text and "report: r.html" in text
+    assert "decision: rejected - not better" in text and "report: runs:/r/drift/r.html" in text

@@ -221,6 +221,9 @@ def test_monitor_stores_decides_reports_and_reruns_idempotently(engine, small):
     assert [(r["cohort_day"], r["mature"], r["n"]) for r in rows] == [("2025-01-01", True, 6)]
     summary = json.loads(Path(first.json_path).read_text())
     assert summary["decision"]["drop_detected"] is True
+    # the timings: the JSON was written before they were set and always held {}
+    assert summary["seconds"] == first.seconds
+    assert set(first.seconds) == {"read", "metrics", "report", "total"}
     assert any(m["metric"] == "RocAuc" for m in summary["report"]["evidently"])
     assert Path(first.html_path).stat().st_size > 100_000
     assert "mature" in performance.format_cohorts(first)
@@ -241,6 +244,10 @@ def test_monitor_stores_decides_reports_and_reruns_idempotently(engine, small):
         f"performance/{Path(first.html_path).name}",
         f"performance/{Path(first.json_path).name}",
     }
+    logged = client.download_artifacts(
+        first.mlflow_run_id, f"performance/{Path(first.json_path).name}", str(small.state_dir)
+    )
+    assert json.loads(Path(logged).read_text())["seconds"] == again.seconds  # the re-run's copy
 
 
 def test_monitor_without_predictions_raises_no_predictions(engine, small):
