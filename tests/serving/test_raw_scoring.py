@@ -179,3 +179,48 @@ def test_openapi_documents_the_raw_transaction(raw_app, raw_world):
     example = records(raw_world["later"].iloc[[5]])[0]
     assert set(example) <= set(item["properties"])
     assert client.post("/v1/score", json=example).status_code == 200
+
+
+def test_two_gunicorn_workers_share_the_state(raw_world, pg_engine, redis_server, tmp_path):
+    """Sequential single requests on new connections land on either worker; every logged
+    feature still equals the offline one, so each worker saw the other's events."""
+    import subprocess
+    import sys
+
+    import requests
+    from conftest import REPO, Service, service_env
+
+    from fraud_lib import pgserver
+
+    settings = replace(raw_world["settings"], spool_dir=tmp_path / "spool")
+    set_champion(settings, raw_world["versions"]["raw"])
+    client = redis_server.client()
+    for key in client.scan_iter(match=f"{spec_prefix(SCHEMA.behavior)}*"):
+        client.delete(key)
+    client.close()
+    port = pgserver.free_port()
+    log_path = tmp_path / "gunicorn.log"
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf",
+            "-b", f"127.0.0.1:{port}", "-w", "2", "serving.wsgi:app"]  # fmt: skip
+    env = service_env(settings, FRAUD_REDIS_URL=redis_server.url)
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    service = Service(proc, port, log_path)
+    try:
+        service.wait_ready(2, timeout=300)  # worker start-up is slow on a loaded machine
+        sent = raw_world["later"].iloc[:300]
+        pids = []
+        for rec in records(sent):
+            resp = requests.post(service.url + "/v1/score", json=rec, timeout=30)
+            assert resp.status_code == 200, resp.text
+            pids.append(resp.json()["prediction_id"])
+        wait_logged(pg_engine, pids, timeout=60)
+    finally:
+        service.stop()
+    got = logged(pg_engine, sent["transaction_id"].astype(str).tolist())
+    got = got.set_index("transaction_id").loc[sent["transaction_id"].astype(str)]
+    no_labels = pd.DataFrame({"transaction_id": [], "label": [], "labeled_at": []})
+    spec = SCHEMA.behavior
+    offline = build_features(spec, sent, no_labels).to_numpy(np.float64)
+    online = got[spec.output_columns].to_numpy(np.float64)
+    assert (np.abs(online - offline) / np.maximum(np.abs(offline), 1.0)).max() <= 1e-9
