@@ -200,6 +200,7 @@ class Settings:
     entity_key: str
     redis_url: str
     redis_port: int
+    label_refresh_seconds: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -262,6 +263,7 @@ class Settings:
             entity_key=_get(env, "FRAUD_ENTITY_KEY", ""),
             redis_url=_get(env, "FRAUD_REDIS_URL", ""),
             redis_port=_int(env, "FRAUD_REDIS_PORT", 6390),
+            label_refresh_seconds=_float(env, "FRAUD_LABEL_REFRESH_SECONDS", 30.0),
         )
         if overrides:
             settings = replace(settings, **overrides)
@@ -321,6 +323,7 @@ class Settings:
             "FRAUD_READ_TIMEOUT_SECONDS": self.read_timeout_seconds,
             "FRAUD_POLL_SECONDS": self.poll_seconds,
             "FRAUD_LOG_FLUSH_SECONDS": self.log_flush_seconds,
+            "FRAUD_LABEL_REFRESH_SECONDS": self.label_refresh_seconds,
         }
         for name, value in durations.items():
             if not (math.isfinite(value) and value > 0):

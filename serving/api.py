@@ -26,6 +26,7 @@ from fraud_lib.redact import redact
 from serving.arrow import ARROW_STREAM, answer_in_arrow, decode_arrow, encode_predictions
 from serving.metrics import RISK_LEVELS
 from serving.prediction_log import LogUnavailable
+from serving.raw_scoring import score_raw
 from serving.spool import Block, encode_block
 from serving.typed_batch import decode_batch
 from serving.validation import (
@@ -106,6 +107,16 @@ def risk_levels(scores: np.ndarray, medium: float, high: float) -> np.ndarray:
     return np.searchsorted((medium, high), scores, side="right")
 
 
+def _score_validated(served: Any, txs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """Scores of validated model-column transactions and what the log stores of them."""
+    if txs.X is not None:
+        scores = np.asarray(served.score_matrix(txs.X), dtype=float)
+        return scores, {"columns": list(served.schema.features),
+                        "x": np.ascontiguousarray(txs.X, dtype="<f8").tobytes()}  # fmt: skip
+    scores = served.score_records(txs.records or [])
+    return scores, {"features": txs.records or []}  # dicts: msgspec encodes them as objects
+
+
 def _transactions(st: Any, served: Any) -> tuple[Transactions, bool]:
     """The validated /v1/score request for the ``served`` model (None: none loaded), and
     whether its body is an Arrow stream."""
@@ -127,19 +138,27 @@ def _transactions(st: Any, served: Any) -> tuple[Transactions, bool]:
     return txs, False
 
 
+def _raw_transactions(st: Any, served: Any) -> tuple[Transactions, np.ndarray, dict[str, Any]]:
+    """A behavioral champion's request (JSON raw transactions): validated, features computed
+    from the online state, scored; see :mod:`serving.raw_scoring`."""
+    if not is_json(request):
+        raise unsupported_media_type(request, SCORE_BODIES)
+    payload = decode_json(read_body(request))
+    return score_raw(st.online, served, payload, st.settings.max_batch,
+                     st.settings.timestamp_bounds)  # fmt: skip
+
+
 @bp.post("/v1/score")
 def score() -> Response:
     st = state()
     served = st.holder.current  # this request uses this model, whatever swaps meanwhile
-    txs, arrow_body = _transactions(st, served)
-    n = len(txs)
-    if txs.X is not None:
-        scores = np.asarray(served.score_matrix(txs.X), dtype=float)
-        logged = {"columns": list(served.schema.features),
-                  "x": np.ascontiguousarray(txs.X, dtype="<f8").tobytes()}  # fmt: skip
+    if served is not None and served.schema.behavior is not None:
+        txs, scores, logged = _raw_transactions(st, served)
+        arrow_body = False
     else:
-        scores = served.score_records(txs.records or [])
-        logged = {"features": txs.records or []}  # dicts: msgspec encodes them as objects
+        txs, arrow_body = _transactions(st, served)
+        scores, logged = _score_validated(served, txs)
+    n = len(txs)
     threshold = float(served.threshold)
     flagged = scores >= threshold
     fraud = flagged.tolist()

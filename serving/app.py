@@ -26,6 +26,7 @@ from serving.http_errors import body_too_large, error_code
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
 from serving.prediction_log import PredictionLog
+from serving.raw_scoring import OnlineService
 from serving.validation import ApiError
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class ServiceState:
         self.db = Database(settings)
         self.holder = ModelHolder(settings, self.metrics)
         self.log = PredictionLog(settings, self.metrics, self.db.engine)
+        self.online = OnlineService(settings, self.db.engine)
         self._closed = False
 
     def start(self) -> None:
@@ -75,6 +77,7 @@ class ServiceState:
             return True
         self._closed = True
         self.holder.close()
+        self.online.close()
         return self.log.close(timeout)
 
 

@@ -202,14 +202,25 @@ class ModelHolder:
 
 
 def _schema_diff(old: Any, new: Any) -> str:
-    a, b = old.to_dict(), new.to_dict()
-    keys = [k for k in a if a[k] != b.get(k)]
+    return "; ".join(_dict_diff(old.to_dict(), new.to_dict(), "")) or "different"
+
+
+def _dict_diff(a: dict, b: dict, where: str) -> list[str]:
+    """What changed between two schema dicts, per key (nested blocks such as ``behavior``
+    per sub-key, lists as entries added and removed)."""
     parts = []
-    for k in keys:
-        if isinstance(a[k], list):
-            added = [c for c in b[k] if c not in a[k]]
-            removed = [c for c in a[k] if c not in b[k]]
-            parts.append(f"{k}: +{added} -{removed}" if added or removed else f"{k}: order")
+    for k in dict.fromkeys([*a, *b]):
+        x, y = a.get(k), b.get(k)
+        if x == y:
+            continue
+        if isinstance(x, dict) and isinstance(y, dict):
+            parts += _dict_diff(x, y, f"{where}{k}.")
+        elif isinstance(x, list) and isinstance(y, list):
+            added = [c for c in y if c not in x]
+            removed = [c for c in x if c not in y]
+            parts.append(
+                f"{where}{k}: +{added} -{removed}" if added or removed else f"{where}{k}: order"
+            )
         else:
-            parts.append(f"{k}: {a[k]!r} -> {b.get(k)!r}")
-    return "; ".join(parts) or "different"
+            parts.append(f"{where}{k}: {x!r} -> {y!r}")
+    return parts

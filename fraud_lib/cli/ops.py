@@ -122,8 +122,9 @@ def redis_status(ctx: click.Context) -> None:
 def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
     """Run the scoring service under gunicorn (this process becomes the gunicorn master).
 
-    Starts the embedded Postgres first when no FRAUD_DATABASE_URL is set; the workers never
-    start it themselves. Stop with Ctrl-C or SIGTERM: workers finish their requests and ship
+    Starts the embedded Postgres first when no FRAUD_DATABASE_URL is set, and the embedded
+    redis-server (online feature state) when no FRAUD_REDIS_URL is set; the workers never
+    start them themselves. Stop with Ctrl-C or SIGTERM: workers finish their requests and ship
     their prediction logs before exiting.
     """
     import os
@@ -134,6 +135,15 @@ def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
 
         say(f"starting the embedded Postgres on 127.0.0.1:{settings.pg_port}")
         pgserver.database_url(settings)
+    if not settings.redis_url:  # the online feature state of behavioral champions
+        from fraud_lib import redisserver
+        from fraud_lib.errors import ConfigError
+
+        try:
+            redisserver.redis_url(settings)
+            say(f"embedded redis-server on 127.0.0.1:{settings.redis_port}")
+        except ConfigError as exc:
+            say(f"no redis-server ({exc}); a behavioral champion will answer 503")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     argv = [
         sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf",

@@ -189,8 +189,9 @@ class _EntityView:
         return out
 
 
-def _stat(aggregate: Aggregate, m: Moments, x: np.ndarray) -> np.ndarray:
-    """One stat from window moments (empty windows give 0, see the module docstring)."""
+def window_stat(aggregate: Aggregate, m: Moments, x: np.ndarray) -> np.ndarray:
+    """One stat from window moments (empty windows give 0, see the module docstring); shared
+    with the online computer."""
     has = m.n > 0
     mean = np.divide(m.s, m.n, out=np.zeros_like(m.s), where=has)
     if aggregate.stat == "count":
@@ -220,7 +221,7 @@ def _aggregates(view: _EntityView, aggs: list[Aggregate], events: pd.DataFrame) 
         with_current = {w: m.with_current(x) for w, m in moments.items()}
         for a in group:
             m = with_current[a.window] if a.include_current else moments[a.window]
-            out[a.name] = view.scatter(_stat(a, m, x))
+            out[a.name] = view.scatter(window_stat(a, m, x))
     return out
 
 

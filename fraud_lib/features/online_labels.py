@@ -1,0 +1,141 @@
+"""What the online computer reads from Postgres: the label cache and the rebuild of the state.
+
+* **Label cache.** Label risk changes only when labels arrive, so each process keeps the labeled
+  events of the entities with label risk (event time, ``labeled_at``, label; from the labels
+  joined to the logged predictions) and refreshes them every ``refresh_seconds``. Label risk is
+  therefore at most one refresh interval (plus one refresh query) stale; during a Postgres
+  outage the last cache keeps serving and the refresh retries on the next tick.
+* **Rebuild.** :func:`rebuild_state` reloads the Redis histories from the prediction log (the
+  raw fields each predictions row logs in ``features``), the last horizon's worth (longest
+  window plus longest label delay) before the newest logged event, so a lost Redis loses no
+  history that a feature can still see.
+
+Both read the raw entity keys and aggregated columns from ``predictions.features``, which the
+scoring service writes for behavioral champions (raw fields plus computed features).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from fraud_lib.features.online import LabelHistory
+from fraud_lib.features.online_store import RecordLayout, RedisEventStore, horizon_seconds, id_hash
+from fraud_lib.features.spec import BehaviorSpec
+
+logger = logging.getLogger(__name__)
+
+LABEL_FRAME_COLUMNS = ("entity", "key", "t", "labeled_at", "label")
+
+
+class LabelCache:
+    """Labeled events per (entity, key), replaced wholesale by :meth:`replace` (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._by_entity: dict[str, tuple[dict[str, tuple[int, int]], np.ndarray]] = {}
+        self._lock = threading.Lock()
+        self.refreshed_at: float | None = None
+
+    def replace(self, frame: pd.DataFrame, when: float | None = None) -> None:
+        """New content: columns :data:`LABEL_FRAME_COLUMNS` (times in epoch seconds)."""
+        built: dict[str, tuple[dict[str, tuple[int, int]], np.ndarray]] = {}
+        for entity, part in frame.groupby("entity", sort=False):
+            part = part.sort_values("key", kind="stable")
+            keys = part["key"].astype(str).to_numpy()
+            bounds = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True])
+            slices = {keys[lo]: (lo, hi) for lo, hi in itertools.pairwise(bounds)}
+            arr = part[["t", "labeled_at", "label"]].to_numpy(np.float64)
+            built[str(entity)] = (slices, arr)
+        with self._lock:
+            self._by_entity = built
+            self.refreshed_at = when
+
+    def history(self, entity: str, uniques: np.ndarray) -> LabelHistory:
+        """Labeled events of the given keys, coded by their position in ``uniques``."""
+        with self._lock:
+            slices, arr = self._by_entity.get(entity, ({}, np.empty((0, 3))))
+        parts, codes = [], []
+        for code, key in enumerate(uniques):
+            lo, hi = slices.get(str(key), (0, 0))
+            if hi > lo:
+                parts.append(arr[lo:hi])
+                codes.append(np.full(hi - lo, code, dtype=np.int64))
+        if not parts:
+            empty = np.empty(0)
+            return LabelHistory(np.empty(0, np.int64), empty, empty, empty)
+        rows = np.concatenate(parts)
+        return LabelHistory(np.concatenate(codes), rows[:, 0], rows[:, 1], rows[:, 2])
+
+
+def fetch_labels(engine: Any, spec: BehaviorSpec, since: float) -> pd.DataFrame:
+    """Labeled logged events with event time after ``since``, one row per entity with label risk."""
+    entities = {r.entity for r in spec.label_risk}
+    frames = []
+    for name, column in spec.entities:
+        if name not in entities:
+            continue
+        col = column.replace("'", "''")
+        query = sa.text(
+            f"SELECT DISTINCT ON (p.transaction_id) p.features ->> '{col}' AS key, "
+            "p.event_time AS t, extract(epoch FROM l.labeled_at) AS labeled_at, l.label "
+            "FROM labels l JOIN predictions p ON p.transaction_id = l.transaction_id "
+            f"WHERE p.event_time > :since AND p.features ->> '{col}' IS NOT NULL "
+            "ORDER BY p.transaction_id, p.scored_at"
+        )
+        with engine.connect() as conn:
+            part = pd.DataFrame(conn.execute(query, {"since": since}).fetchall(),
+                                columns=["key", "t", "labeled_at", "label"])  # fmt: skip
+        part.insert(0, "entity", name)
+        frames.append(part)
+    if not frames:
+        return pd.DataFrame(columns=list(LABEL_FRAME_COLUMNS))
+    out = pd.concat(frames, ignore_index=True)
+    out[["t", "labeled_at", "label"]] = out[["t", "labeled_at", "label"]].astype(np.float64)
+    return out
+
+
+def logged_events(engine: Any, spec: BehaviorSpec, since: float | None = None) -> pd.DataFrame:
+    """The logged raw events (id, event time, entity keys, aggregated columns) after ``since``
+    (default: the horizon before the newest logged event)."""
+    layout = RecordLayout.for_spec(spec)
+    cols = [c for _, c in spec.entities] + list(layout.columns)
+    select = ", ".join(f"p.features ->> '{c.replace(chr(39), chr(39) * 2)}'" for c in cols)
+    where = (
+        "p.event_time > :since"
+        if since is not None
+        else ("p.event_time > (SELECT max(event_time) FROM predictions) - :horizon")
+    )
+    query = sa.text(
+        f"SELECT DISTINCT ON (p.transaction_id) p.transaction_id, p.event_time, {select} "
+        f"FROM predictions p WHERE {where} AND p.event_time IS NOT NULL "
+        "ORDER BY p.transaction_id, p.scored_at"
+    )
+    params = {"since": since} if since is not None else {"horizon": horizon_seconds(spec)}
+    with engine.connect() as conn:
+        rows = conn.execute(query, params).fetchall()
+    return pd.DataFrame(rows, columns=["transaction_id", "event_time", *cols])
+
+
+def rebuild_state(engine: Any, spec: BehaviorSpec, store: RedisEventStore) -> int:
+    """Replace the Redis histories by the logged events of the last horizon; returns events."""
+    frame = logged_events(engine, spec)
+    store.clear()
+    layout = store.layout
+    frame = frame.dropna()
+    ids = np.fromiter((id_hash(str(i)) for i in frame["transaction_id"]), np.uint64, len(frame))
+    times = frame["event_time"].to_numpy(np.float64)
+    values = {c: frame[c].astype(np.float64).to_numpy() for c in layout.columns}
+    records = layout.pack(times, ids, values)
+    for name, column in spec.entities:
+        if any(a.entity == name for a in spec.aggregates) or any(
+            s.entity == name for s in spec.time_since
+        ):
+            store.load(name, frame[column].astype(str).to_numpy(), records)
+    logger.info("rebuilt the online state from %d logged events", len(frame))
+    return len(frame)

@@ -1,0 +1,172 @@
+"""The online computer on a real redis-server and a real Postgres: online == offline on generated
+raw transactions (batches and single rows), expiry, retries, rebuild and the label cache from the
+prediction log (code + system tests)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+
+from fraud_lib import store
+from fraud_lib.features.offline import build_features, epoch_seconds, labels_from_events
+from fraud_lib.features.online import Batch, OnlineFeatures
+from fraud_lib.features.online_labels import (
+    LABEL_FRAME_COLUMNS,
+    LabelCache,
+    fetch_labels,
+    rebuild_state,
+)
+from fraud_lib.features.online_store import RedisEventStore
+from fraud_lib.features.spec import BehaviorSpec
+from tests.lib.test_features_online import assert_close
+
+
+@pytest.fixture(scope="module")
+def redis_client(redis_server) -> Iterator[redis.Redis]:
+    """A client of the session's embedded redis-server (tests use their own key prefixes)."""
+    client = redis_server.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def raw() -> tuple[BehaviorSpec, pd.DataFrame]:
+    from fraud_lib.features.raw_data import generate_raw
+    from fraud_lib.features.raw_table import RAW_SCHEMA_PATH
+    from fraud_lib.schema import FeatureSchema
+
+    spec = FeatureSchema.load(RAW_SCHEMA_PATH).behavior
+    table = generate_raw(40, total_rows=8000, fraud_rate=0.02, seed=5)
+    return spec, table.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def label_frame(spec: BehaviorSpec, table: pd.DataFrame) -> pd.DataFrame:
+    """Every label of ``table`` in the label cache's shape."""
+    t = epoch_seconds(table[spec.time], spec.time)
+    lab = labels_from_events(spec, table, t)
+    frames = [
+        pd.DataFrame({"entity": name, "key": table[column].astype(str), "t": t,
+                      "labeled_at": lab["labeled_at"], "label": lab["label"]})
+        for name, column in spec.entities
+    ]  # fmt: skip
+    return pd.concat(frames, ignore_index=True)[list(LABEL_FRAME_COLUMNS)]
+
+
+def online(spec, client, table: pd.DataFrame, size: int, cache: LabelCache) -> pd.DataFrame:
+    """Replay ``table`` in arrival order in batches of ``size`` through a fresh state."""
+    state = RedisEventStore(client, spec, prefix=f"test-{uuid.uuid4().hex}:")
+    computer = OnlineFeatures(spec, state, cache)
+    t = epoch_seconds(table[spec.time], spec.time)
+    parts = [
+        computer.frame(Batch.from_frame(spec, table.iloc[i : i + size], t[i : i + size]))
+        for i in range(0, len(table), size)
+    ]
+    return pd.concat(parts, ignore_index=True).set_axis(table.index), state
+
+
+def test_batches_equal_offline(raw, redis_client):
+    spec, table = raw
+    cache = LabelCache()
+    cache.replace(label_frame(spec, table))
+    got, _ = online(spec, redis_client, table, 500, cache)
+    assert_close(got, build_features(spec, table))
+
+
+def test_single_rows_equal_offline(raw, redis_client):
+    spec, table = raw
+    part = table.iloc[:400]
+    cache = LabelCache()
+    cache.replace(label_frame(spec, part))
+    got, _ = online(spec, redis_client, part, 1, cache)
+    assert_close(got, build_features(spec, part))
+
+
+def test_expiry_keeps_only_the_horizon_and_the_latest_event(raw, redis_client):
+    spec, _ = raw
+    state = RedisEventStore(redis_client, spec, prefix=f"test-{uuid.uuid4().hex}:")
+    day = 86_400.0
+    busy, idle = state.key("customer", "busy"), state.key("customer", "idle")
+    times = np.arange(100) * day
+    pack = state.layout.pack
+    values = {c: np.ones(100) for c in state.layout.columns}
+    ids = np.arange(100, dtype=np.uint64)
+    state.read_append(
+        [busy, idle],
+        [pack(times, ids, values), pack(times[:3], ids[:3], {c: v[:3] for c, v in values.items()})],
+    )
+    now = 100 * day
+    dropped = state.expire([busy, idle], state.read([busy, idle]), now)
+    busy_t, idle_t = (h["t"] for h in state.read([busy, idle]))
+    assert state.horizon == 37 * day  # 30-day windows plus the 7-day label delay
+    assert list(busy_t) == list(times[times >= now - state.horizon])
+    assert list(idle_t) == [2 * day]  # only the latest: time since previous still needs it
+    assert dropped == (100 - len(busy_t)) + 2
+    assert 0 < redis_client.pttl(busy) <= 2 * state.horizon * 1000
+
+
+def test_a_retried_transaction_does_not_see_itself(raw, redis_client):
+    spec, table = raw
+    part = table.iloc[:50]
+    state = RedisEventStore(redis_client, spec, prefix=f"test-{uuid.uuid4().hex}:")
+    computer = OnlineFeatures(spec, state, LabelCache())
+    t = epoch_seconds(part[spec.time], spec.time)
+    first = computer.frame(Batch.from_frame(spec, part, t))
+    again = computer.frame(Batch.from_frame(spec, part.iloc[[-1]], t[-1:]))
+    pd.testing.assert_frame_equal(
+        again.reset_index(drop=True), first.iloc[[-1]].reset_index(drop=True)
+    )
+
+
+def log_predictions(engine, spec: BehaviorSpec, table: pd.DataFrame) -> None:
+    """Predictions rows as the service logs them for a behavioral champion: raw fields in
+    ``features``; labels stored with their labeled_at."""
+    t = epoch_seconds(table[spec.time], spec.time)
+    raw_cols = [c for c in spec.raw_columns if c != spec.time]
+    rows = [
+        {"prediction_id": f"p-{tx}", "transaction_id": str(tx), "event_time": float(ti),
+         "features": {c: rec[c] for c in raw_cols}, "score": 0.5}
+        for tx, ti, rec in zip(table["transaction_id"], t, table[raw_cols].to_dict("records"),
+                               strict=True)
+    ]  # fmt: skip
+    store.insert_predictions(engine, rows)
+    known = table.dropna(subset=["labeled_at"])
+    store.upsert_labels(
+        engine,
+        [{"transaction_id": str(tx), "label": int(y), "labeled_at": pd.Timestamp(lab, unit="s", tz="UTC")}
+         for tx, y, lab in zip(known["transaction_id"], known["is_fraud"], known["labeled_at"], strict=True)],
+        bounds=None,
+    )  # fmt: skip
+
+
+def test_rebuild_from_the_prediction_log_loses_no_history(raw, redis_client, pg_engine):
+    spec, table = raw
+    history, later = table.iloc[:6000], table.iloc[6000:]
+    log_predictions(pg_engine, spec, history)
+    state = RedisEventStore(redis_client, spec, prefix=f"test-{uuid.uuid4().hex}:")
+    assert rebuild_state(pg_engine, spec, state) > 0
+    cache = LabelCache()
+    cache.replace(label_frame(spec, table))
+    computer = OnlineFeatures(spec, state, cache)
+    t = epoch_seconds(later[spec.time], spec.time)
+    got = computer.frame(Batch.from_frame(spec, later, t))
+    assert_close(got.set_axis(later.index), build_features(spec, table).loc[later.index])
+
+
+def test_label_cache_from_postgres_matches_the_labels(raw, pg_engine):
+    spec, table = raw
+    part = table.iloc[:2000]
+    log_predictions(pg_engine, spec, part)
+    frame = fetch_labels(pg_engine, spec, since=0.0)
+    expected = label_frame(spec, part)
+    expected = expected[(expected["entity"] == "terminal") & expected["labeled_at"].notna()]
+    assert len(frame) == len(expected) > 0
+    got = frame.sort_values(["key", "t"]).reset_index(drop=True)
+    want = expected.sort_values(["key", "t"]).reset_index(drop=True)
+    np.testing.assert_allclose(got["t"], want["t"])
+    np.testing.assert_allclose(got["labeled_at"], want["labeled_at"], atol=1e-3)
+    assert (got["label"].to_numpy() == want["label"].to_numpy()).all()
