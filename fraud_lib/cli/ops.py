@@ -137,12 +137,11 @@ def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
         pgserver.database_url(settings)
     if not settings.redis_url:  # the online feature state of behavioral champions
         from fraud_lib import redisserver
-        from fraud_lib.errors import ConfigError
 
         try:
             redisserver.redis_url(settings)
             say(f"embedded redis-server on 127.0.0.1:{settings.redis_port}")
-        except ConfigError as exc:
+        except FraudError as exc:  # not installed, or could not start: ULB scoring needs none
             say(f"no redis-server ({exc}); a behavioral champion will answer 503")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     argv = [

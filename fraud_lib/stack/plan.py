@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fraud_lib import pgauth
 from fraud_lib.airflow_local import DEFAULT_DAGS_FOLDER, console_script
@@ -144,6 +145,10 @@ class StackPlan:
         password: a secret."""
         return self.external_redis_url or self.redis().url
 
+    def state_redis_url(self) -> str:
+        """The online feature state's Redis: the broker's server, database 1 (a secret)."""
+        return urlsplit(self.broker_url())._replace(path="/1").geturl()
+
 
 def base_env() -> dict[str, str]:
     """The caller's environment without its fraudloop, Airflow and MLflow settings: each
@@ -167,6 +172,7 @@ def fraud_env(plan: StackPlan, home: Path) -> dict[str, str]:
         "FRAUD_SCORING_URL": plan.url("nginx"),
         "FRAUD_STATE_DIR": str(home / "state"),
         "FRAUD_REPORTS_DIR": str(home / "drift_reports"),
+        "FRAUD_REDIS_URL": plan.state_redis_url(),
         "FRAUD_POLL_SECONDS": "2",
     }
 

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from fraud_lib import pgserver, store
+from fraud_lib.redisserver import EmbeddedRedis
 from tests.conftest import stop_by_pid
 
 pytestmark = pytest.mark.slow
@@ -44,11 +45,12 @@ def test_demo_promotes_after_drift_and_the_service_hot_reloads(pg_base_dir: Path
     """The whole story, with the performance monitor and the alerts after the new pattern."""
     home = pg_base_dir / "demo"  # reachable by the postgres OS user when we are root
     home.mkdir()
-    port = pgserver.free_port()
+    port, redis_port = pgserver.free_port(), pgserver.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "AIRFLOW", "MLFLOW"))}
     env.update(
         FRAUD_STATE_DIR=str(home / "state"),
         FRAUD_PG_PORT=str(port),
+        FRAUD_REDIS_PORT=str(redis_port),
         FRAUD_REPORTS_DIR=str(home / "reports"),
         AIRFLOW_HOME=str(home / "airflow"),
         AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
@@ -70,6 +72,7 @@ def test_demo_promotes_after_drift_and_the_service_hot_reloads(pg_base_dir: Path
         engine.dispose()
     finally:
         stop_by_pid(server)
+        EmbeddedRedis(home / "state", redis_port).stop()  # `fraud serve` started it
     assert logged >= 2 * 7 * 4000
 
     summary = json.loads((home / "state" / "demo" / "summary.json").read_text())
