@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fraud_lib.errors import ConfigError, DataError
 from fraud_lib.input_rules import (
@@ -88,6 +89,22 @@ def _alert_settings(env: Mapping[str, str]) -> dict[str, Any]:
 def _http_url(value: str) -> bool:
     scheme, sep, rest = value.partition("://")
     return bool(sep) and scheme.lower() in ("http", "https") and bool(rest.split("/")[0])
+
+
+def _check_database_url(url: str) -> None:
+    """ConfigError (without the URL: it may hold a password) unless ``url`` is empty or a
+    postgresql:// URL whose port, if any, is a number."""
+    if not url:
+        return
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError("FRAUD_DATABASE_URL has a port that is not a number 1-65535") from None
+    if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
+        raise ConfigError(
+            "FRAUD_DATABASE_URL must be a URL such as postgresql://user:password@host:5432/db"
+        )
 
 
 def _validate_alerts(s: Settings) -> None:
@@ -289,6 +306,7 @@ class Settings:
                 raise ConfigError(f"{name}={port} is not a TCP port; use 1-65535")
         if self.max_batch < 1:
             raise ConfigError("FRAUD_MAX_BATCH must be at least 1")
+        _check_database_url(self.database_url)
         self._validate_sizes()
         if self.buffer_bytes < self.max_body_bytes:
             raise ConfigError(

@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fraud_lib.data import ID_COLUMN, _file_kind, _read_table
@@ -88,7 +89,7 @@ def _check_columns(p: Path, df: pd.DataFrame) -> None:
 
 
 def _transaction_id(p: Path, row: int, value: Any) -> str:
-    if hasattr(value, "item"):  # a numpy integer from a parquet column
+    if isinstance(value, np.generic):  # a numpy integer from a parquet column
         value = value.item()
     if _missing(value):
         raise DataError(f"{p}: row {row} has an empty transaction_id")

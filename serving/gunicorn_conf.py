@@ -80,8 +80,21 @@ def _metrics_dir() -> str:
     return str(path)
 
 
+def _whole(name: str, default: int, minimum: int) -> int:
+    """The whole number in environment variable ``name`` (``default`` if unset); exits with a
+    one-line error naming it when it is not a whole number of at least ``minimum``."""
+    raw = os.environ.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise SystemExit(f"error: {name}={raw!r} must be a whole number of at least {minimum}")
+    return value
+
+
 bind = os.environ.get("FRAUD_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("FRAUD_WORKERS", "2"))
+workers = _whole("FRAUD_WORKERS", 2, 1)
 WORKER_CLASSES = {"buffered": "serving.buffered_worker.BufferedWorker", "gthread": "gthread",
                   "sync": "sync"}  # fmt: skip
 _worker_name = os.environ.get("FRAUD_WORKER_CLASS", "buffered")
@@ -91,10 +104,10 @@ if _worker_name not in WORKER_CLASSES:
         + ", ".join(WORKER_CLASSES)
     )
 worker_class = WORKER_CLASSES[_worker_name]
-threads = int(os.environ.get("FRAUD_THREADS", "4"))
+threads = _whole("FRAUD_THREADS", 4, 1)
 preload_app = False  # each worker loads its own model and starts its own threads
 timeout = 60
-graceful_timeout = int(os.environ.get("FRAUD_GRACEFUL_SECONDS", "30"))
+graceful_timeout = _whole("FRAUD_GRACEFUL_SECONDS", 30, 0)
 keepalive = 5
 backlog = 2048
 accesslog = os.environ.get("FRAUD_ACCESS_LOG") or None  # "-" for stderr; off by default

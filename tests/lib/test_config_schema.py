@@ -226,6 +226,10 @@ def test_schema_path_that_is_a_directory_or_unreadable(tmp_path):
         ("FRAUD_DRIFT_SAMPLE_ROWS", "0", "FRAUD_DRIFT_SAMPLE_ROWS=0 must be at least 1"),
         ("FRAUD_LOG_BATCH_SIZE", "0", "FRAUD_LOG_BATCH_SIZE=0 must be at least 1"),
         ("FRAUD_LOG_FLUSH_SECONDS", "-1", "FRAUD_LOG_FLUSH_SECONDS=-1.0 must be a finite"),
+        # red-team: these ended `fraud labels import` and `fraud monitor` in a traceback
+        ("FRAUD_DATABASE_URL", "postgresql://u:pw@h:notaport/db", "port that is not a number"),
+        ("FRAUD_DATABASE_URL", "host=h port=1 password=pw dbname=db", "must be a URL such as"),
+        ("FRAUD_DATABASE_URL", "mysql://u:pw@h/db", "must be a URL such as"),
     ],
 )
 def test_out_of_range_settings_are_refused(name: str, value: str, fragment: str) -> None:

@@ -8,13 +8,15 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
 import pytest
 import requests
-from conftest import rows_of, set_champion, wait_logged
+from conftest import REPO, rows_of, set_champion, wait_logged
 
 from fraud_lib import store
 
@@ -236,3 +238,24 @@ def test_a_metrics_dir_that_does_not_exist_yet_is_created(start_service, tmp_pat
     service = start_service(workers=1, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     assert requests.get(service.url + "/metrics", timeout=10).status_code == 200
     assert metrics_dir.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FRAUD_THREADS", "0"),
+        ("FRAUD_THREADS", "abc"),
+        ("FRAUD_WORKERS", "-2"),
+        ("FRAUD_GRACEFUL_SECONDS", "-1"),
+    ],
+)
+def test_a_bad_worker_setting_is_a_one_line_error_naming_it(tmp_path, name, value):
+    """FRAUD_THREADS=0 booted gunicorn, whose workers then died with a ValueError traceback
+    (red-team finding); each count is refused before a worker starts."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), FRAUD_STATE_DIR=str(tmp_path), **{name: value})
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf",
+            "-b", "127.0.0.1:0", "serving.wsgi:app"]  # fmt: skip
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert f"error: {name}={value!r} must be a whole number" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
