@@ -43,7 +43,11 @@ def _id_schema() -> dict[str, Any]:
     """A transaction id. The validators also take a JSON integer (as its decimal string):
     JSON Schema cannot tell ``478`` from ``478.0``, which they refuse, so the document
     describes the string only."""
-    return {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": NO_NUL}
+    return {
+        "type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": NO_NUL,
+        "description": f"1 to {MAX_ID_LENGTH} characters, no NUL. A JSON integer (not 478.0) "
+        "is also accepted and stored as its decimal string.",
+    }  # fmt: skip
 
 
 def _finite(description: str) -> dict[str, Any]:
