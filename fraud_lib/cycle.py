@@ -34,6 +34,7 @@ from fraud_lib import logged, promotion, registry, store
 from fraud_lib.config import Settings
 from fraud_lib.drift import drift_report
 from fraud_lib.errors import DataError, FraudError
+from fraud_lib.memory import releases_memory
 from fraud_lib.monitoring import dashboard, events
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.window import split_window, window_digest
@@ -91,6 +92,7 @@ def _drift_vs_champion(
     return summary
 
 
+@releases_memory
 def check_drift(
     settings: Settings,
     window_ref: WindowRef,
@@ -195,6 +197,7 @@ def _existing_version(settings: Settings, train_key: str) -> Any | None:
     return None
 
 
+@releases_memory
 def train_challenger(
     settings: Settings,
     window_ref: WindowRef,
@@ -212,16 +215,18 @@ def train_challenger(
 
     schema = FeatureSchema.load(settings.schema_path)
     window = load_window(settings, window_ref, schema)
+    digest = window_digest(window)
     train_part, eval_part, cutoff = split_window(window, schema, eval_days)
-    eval_frauds = int(eval_part[schema.label].sum())
+    eval_frauds, n_eval = int(eval_part[schema.label].sum()), len(eval_part)
+    del window, eval_part  # only the training part is needed from here on
     if eval_frauds == 0 or train_part.empty:
         raise SkipRun(
-            f"the evaluation slice (last {eval_days:g} days of event time: {len(eval_part):,} "
+            f"the evaluation slice (last {eval_days:g} days of event time: {n_eval:,} "
             f"rows, {eval_frauds} frauds) or the training part ({len(train_part):,} rows) is "
             "empty of frauds; use a longer window or wait for more labels"
         )
     key = _train_key(
-        window_digest(window),
+        digest,
         eval_days=eval_days,
         model_type=model_type,
         resample=resample,
@@ -232,7 +237,7 @@ def train_challenger(
         "model_type": model_type,
         "resample": resample,
         "n_train": len(train_part),
-        "n_eval": len(eval_part),
+        "n_eval": n_eval,
         "eval_frauds": eval_frauds,
         "eval_cutoff_time": cutoff,
         "train_key": key,
@@ -294,6 +299,7 @@ def train_challenger(
 
 
 # ------------------------------------------------------------------------------ gate
+@releases_memory
 def evaluate(
     settings: Settings,
     window_ref: WindowRef,

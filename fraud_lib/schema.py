@@ -179,8 +179,11 @@ class FeatureSchema:
         )
 
     # ---------------------------------------------------------------- tables
-    def validate_frame(self, df: pd.DataFrame, *, require_label: bool = True) -> pd.DataFrame:
-        """Check a transactions table; return it with numeric columns as float64.
+    def validate_frame(
+        self, df: pd.DataFrame, *, require_label: bool = True, copy: bool = True
+    ) -> pd.DataFrame:
+        """Check a transactions table; return it with numeric columns as float64 (with
+        ``copy=False`` sharing the float64 columns of ``df``: for a frame no one else holds).
 
         Raises :class:`DataError` naming the first problem: empty table, missing columns,
         non-numeric values, NaN/inf, or labels other than 0/1.
@@ -195,7 +198,7 @@ class FeatureSchema:
                 f"time={self.time!r}, label={self.label!r} and {len(self.features)} feature columns "
                 "(pass --schema for another layout)"
             )
-        out = df.copy()
+        out = df.copy(deep=copy)  # columns are replaced below, never written in place
         for col in dict.fromkeys([self.time, *self.features]):
             values = pd.to_numeric(out[col], errors="coerce")
             bad = values.isna() & out[col].notna()
@@ -204,7 +207,7 @@ class FeatureSchema:
                 raise DataError(
                     f"column {col!r} must be numeric; row {row} has {_plain(out[col].iloc[row])!r}"
                 )
-            values = values.astype("float64")
+            values = values.astype("float64", copy=copy)
             finite = np.isfinite(values.to_numpy())
             if not finite.all():
                 row = int(np.flatnonzero(~finite)[0])

@@ -24,18 +24,22 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
 from fraud_lib import logged
 from fraud_lib.config import Settings
 from fraud_lib.errors import DataError
+from fraud_lib.memory import releases_memory
 from fraud_lib.schema import FeatureSchema
 
 log = logging.getLogger(__name__)
 
 SECONDS_PER_DAY = 86_400
 ID = "transaction_id"
+# The columns of the prediction log a window needs (the features keys come with them).
+LOG_COLUMNS = (ID, "event_time", "score", "label")
 
 
 @dataclass
@@ -78,26 +82,35 @@ def _window_columns(schema: FeatureSchema) -> list[str]:
 
 
 def _from_log(rows: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
-    """Labeled predictions (store layout) to the window layout; the time column falls back to
-    ``event_time`` when the features JSON does not carry it."""
+    """Labeled predictions (store layout, :data:`LOG_COLUMNS`) to the window layout, in one
+    copy; the time column falls back to ``event_time`` when the features JSON lacks it."""
     missing = [c for c in schema.model_columns if c not in rows.columns]
     if missing and len(rows):
         raise DataError(
             f"logged predictions lack feature(s) {missing}: the schema in use (FRAUD_SCHEMA, "
             "empty = ULB) does not match what the service logs; use the service's schema"
         )
-    out = rows.reindex(columns=[ID, *schema.model_columns]).copy()
-    event_time = rows["event_time"] if "event_time" in rows else pd.Series(dtype=float)
+    event_time = rows["event_time"].astype(float)
     if schema.time in rows.columns:
-        out[schema.time] = rows[schema.time].astype(float).fillna(event_time)
-    else:
-        out[schema.time] = event_time.astype(float)
-    out[schema.label] = rows["label"] if "label" in rows else pd.Series(dtype="int8")
-    out["score"] = rows["score"] if "score" in rows else float("nan")
-    out["source"] = "log"
-    return out
+        event_time = rows[schema.time].astype(float).fillna(event_time)
+    columns = {ID: rows[ID], schema.time: event_time}
+    columns |= {c: rows.get(c, np.nan) for c in schema.model_columns if c != schema.time}
+    columns |= {schema.label: rows["label"], "score": rows["score"], "source": "log"}
+    return pd.DataFrame(columns, index=rows.index)
 
 
+def _is_sorted(window: pd.DataFrame, schema: FeatureSchema) -> bool:
+    """Whether ``window`` is already in (time, id) order (as Postgres returns a log window)."""
+    time = window[schema.time].to_numpy()
+    steps = np.diff(time)
+    if (steps < 0).any():
+        return False
+    ties = np.flatnonzero(steps == 0)
+    ids = window[ID].to_numpy()
+    return bool((ids[ties] < ids[ties + 1]).all())
+
+
+@releases_memory
 def ingest_window(
     settings: Settings,
     engine: Engine,
@@ -120,9 +133,12 @@ def ingest_window(
         end=interval_end,
         labels_known_by=interval_end,
         bounds=settings.timestamp_bounds,
+        columns=LOG_COLUMNS,
+        order=logged.BY_EVENT_ID,
     )
     skipped_labels = rows.attrs["skipped_labels"]
     window = _from_log(rows, schema)
+    del rows
     n_logged = len(window)
     cold = n_logged < settings.min_labeled_rows or (
         int(window[schema.label].sum()) < settings.min_frauds
@@ -144,10 +160,13 @@ def ingest_window(
     dropped = int((~complete).sum())
     if dropped:
         log.warning("dropping %d window rows with a missing feature, time or label", dropped)
-    window = window.loc[complete, _window_columns(schema)]
+    if dropped:
+        window = window.loc[complete]
     window[ID] = window[ID].astype(str)
     window[schema.label] = window[schema.label].astype("int8")
-    window = window.sort_values([schema.time, ID], kind="mergesort").reset_index(drop=True)
+    if not _is_sorted(window, schema):
+        window = window.sort_values([schema.time, ID], kind="mergesort")
+    window = window.reset_index(drop=True)
     rows, frauds = len(window), int(window[schema.label].sum())
     result = IngestResult(
         run_key=run_key,

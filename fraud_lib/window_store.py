@@ -118,4 +118,4 @@ def load_window(
             f"window {ref.uri} has {len(df):,} rows, the reference says {ref.rows:,}",
             fields={"rows": "mismatch"},
         )
-    return df if schema is None else schema.validate_frame(df)
+    return df if schema is None else schema.validate_frame(df, copy=False)
