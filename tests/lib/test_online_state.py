@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+import sqlalchemy as sa
 
 from fraud_lib import store
 from fraud_lib.features.offline import build_features, epoch_seconds, labels_from_events
@@ -21,7 +22,7 @@ from fraud_lib.features.online_labels import (
     fetch_labels,
     rebuild_state,
 )
-from fraud_lib.features.online_store import RedisEventStore
+from fraud_lib.features.online_store import RedisEventStore, horizon_seconds
 from fraud_lib.features.spec import BehaviorSpec
 from tests.lib.test_features_online import assert_close
 
@@ -182,6 +183,12 @@ def test_label_cache_from_postgres_matches_the_labels(raw, pg_engine):
     part = table.iloc[:2000]
     log_predictions(pg_engine, spec, part)
     frame = fetch_labels(pg_engine, spec, since=0.0)
+    # what the service's refresh asks: the horizon before the newest logged event (this used
+    # to compare event_time with NULL and returned no label at all: label risk was always 0)
+    with pg_engine.connect() as conn:
+        top = conn.execute(sa.text("SELECT max(event_time) FROM predictions")).scalar_one()
+    recent = fetch_labels(pg_engine, spec, since=top - horizon_seconds(spec))
+    assert len(fetch_labels(pg_engine, spec)) == len(recent) > 0
     expected = label_frame(spec, part)
     expected = expected[(expected["entity"] == "terminal") & expected["labeled_at"].notna()]
     assert len(frame) == len(expected) > 0
