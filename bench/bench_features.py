@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/bench_features.py                            # both, ~3 min
     .venv/bin/python bench/bench_features.py --offline-only             # 1M rows, ~1 min
-    .venv/bin/python bench/bench_features.py --online-only              # see online_phase.py
+    .venv/bin/python bench/bench_features.py --online-only              # online + HTTP phases
+    .venv/bin/python bench/bench_features.py --http-only                # see http_phase.py, ~3 min
 
 Generates ``--rows`` raw transactions (``fraud generate --kind raw`` world: 100 days at 10,000 a
 day by default), then times one :func:`fraud_lib.features.offline.build_features` call with the
 shipped ``raw_schema.yaml`` (every feature kind: calendar, customer and terminal windows, time
 since previous, label risk with and without delay) and reports the process's peak RSS. Results:
-a table on stdout and ``bench/results/features.json``. The online phase is described in
-``bench/online_phase.py``; the issue's keys it does not measure yet stay null.
+a table on stdout and ``bench/results/features.json``. The in-process online phase is described
+in ``bench/online_phase.py``, the gunicorn phase (8 clients, the ULB baseline, the cross-worker
+visibility lag, a parity replay) in ``bench/http_phase.py``. A phase that is skipped keeps the
+keys already in the JSON file.
 """
 
 from __future__ import annotations
@@ -77,24 +80,31 @@ def offline(rows: int, days: int, seed: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--offline-only", action="store_true", help="only the offline builder")
-    parser.add_argument("--online-only", action="store_true", help="only the online phase")
+    parser.add_argument("--online-only", action="store_true", help="only the online phases")
+    parser.add_argument("--http-only", action="store_true", help="only the gunicorn phase")
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds of each 8-client load"
+    )
+    parser.add_argument("--parity-rows", type=int, default=20_000)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "features.json")
     args = parser.parse_args()
-    results: dict[str, object] = (
-        {} if args.online_only else offline(args.rows, args.days, args.seed)
-    )
-    results.update(dict.fromkeys(ONLINE_KEYS))
-    if not args.offline_only:
+    results: dict[str, object] = dict.fromkeys(ONLINE_KEYS)
+    if args.out.exists():
+        results.update(json.loads(args.out.read_text()))
+    if not (args.online_only or args.http_only):
+        results.update(offline(args.rows, args.days, args.seed))
+    if not (args.offline_only or args.http_only):
         from online_phase import online
 
         results.update(online(args.seed, say))
-    results["note"] = (
-        "online figures are in-process (features from Redis + predict, no HTTP); null keys "
-        "(8-client, HTTP throughput, visibility lag, parity through gunicorn) are not measured yet"
-    )
+    if not args.offline_only:
+        from http_phase import http
+
+        results.update(http(args.seed, say, args.duration, args.parity_rows))
+    results.pop("note", None)
     results["machine"] = (
         f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
     )

@@ -260,7 +260,8 @@ class OnlineFeatures:
         return History(np.repeat(np.arange(len(blobs)), lengths), records)
 
     def _expire(self, keys: list[str], histories: list[tuple[History, int]], now: float) -> None:
-        """Trim the keys whose oldest stored record is past the horizon (and not alone);
+        """Trim the keys that hold more than one record past the horizon (the newest of them
+        stays, see :mod:`~fraud_lib.features.online_store`);
         ``keys`` are the entities' keys in order, ``histories`` (history, key count) per entity."""
         if not self.store.horizon:
             return
@@ -268,9 +269,8 @@ class OnlineFeatures:
         lo = 0
         for h, n_keys in histories:
             old = h.records["t"] < now - self.store.horizon
-            counts = np.bincount(h.codes, minlength=n_keys)
             olds = np.bincount(h.codes[old], minlength=n_keys)
-            stale.extend(keys[lo + i] for i in np.flatnonzero((olds > 0) & (counts > 1)))
+            stale.extend(keys[lo + i] for i in np.flatnonzero(olds > 1))
             lo += n_keys
         if stale:
             self.store.trim(stale, now)

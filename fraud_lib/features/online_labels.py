@@ -73,9 +73,20 @@ class LabelCache:
         return LabelHistory(np.concatenate(codes), rows[:, 0], rows[:, 1], rows[:, 2])
 
 
-def fetch_labels(engine: Any, spec: BehaviorSpec, since: float) -> pd.DataFrame:
-    """Labeled logged events with event time after ``since``, one row per entity with label risk."""
+def _since_clause(spec: BehaviorSpec, since: float | None) -> tuple[str, dict[str, float]]:
+    """``event_time`` after ``since``, or (None) after the horizon before the newest logged
+    event; the SQL condition and its parameters."""
+    if since is not None:
+        return "p.event_time > :since", {"since": since}
+    newest = "(SELECT max(event_time) FROM predictions)"
+    return f"p.event_time > {newest} - :horizon", {"horizon": horizon_seconds(spec)}
+
+
+def fetch_labels(engine: Any, spec: BehaviorSpec, since: float | None = None) -> pd.DataFrame:
+    """Labeled logged events with event time after ``since`` (None: the horizon before the
+    newest logged event), one row per entity with label risk."""
     entities = {r.entity for r in spec.label_risk}
+    where, params = _since_clause(spec, since)
     frames = []
     for name, column in spec.entities:
         if name not in entities:
@@ -85,11 +96,11 @@ def fetch_labels(engine: Any, spec: BehaviorSpec, since: float) -> pd.DataFrame:
             f"SELECT DISTINCT ON (p.transaction_id) p.features ->> '{col}' AS key, "
             "p.event_time AS t, extract(epoch FROM l.labeled_at) AS labeled_at, l.label "
             "FROM labels l JOIN predictions p ON p.transaction_id = l.transaction_id "
-            f"WHERE p.event_time > :since AND p.features ->> '{col}' IS NOT NULL "
+            f"WHERE {where} AND p.features ->> '{col}' IS NOT NULL "
             "ORDER BY p.transaction_id, p.scored_at"
         )
         with engine.connect() as conn:
-            part = pd.DataFrame(conn.execute(query, {"since": since}).fetchall(),
+            part = pd.DataFrame(conn.execute(query, params).fetchall(),
                                 columns=["key", "t", "labeled_at", "label"])  # fmt: skip
         part.insert(0, "entity", name)
         frames.append(part)
@@ -106,17 +117,12 @@ def logged_events(engine: Any, spec: BehaviorSpec, since: float | None = None) -
     layout = RecordLayout.for_spec(spec)
     cols = [c for _, c in spec.entities] + list(layout.columns)
     select = ", ".join(f"p.features ->> '{c.replace(chr(39), chr(39) * 2)}'" for c in cols)
-    where = (
-        "p.event_time > :since"
-        if since is not None
-        else ("p.event_time > (SELECT max(event_time) FROM predictions) - :horizon")
-    )
+    where, params = _since_clause(spec, since)
     query = sa.text(
         f"SELECT DISTINCT ON (p.transaction_id) p.transaction_id, p.event_time, {select} "
         f"FROM predictions p WHERE {where} AND p.event_time IS NOT NULL "
         "ORDER BY p.transaction_id, p.scored_at"
     )
-    params = {"since": since} if since is not None else {"horizon": horizon_seconds(spec)}
     with engine.connect() as conn:
         rows = conn.execute(query, params).fetchall()
     return pd.DataFrame(rows, columns=["transaction_id", "event_time", *cols])

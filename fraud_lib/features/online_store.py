@@ -8,9 +8,11 @@ transaction's history is one ``GET`` per entity; reading and appending is one pi
 trip (the ``GET`` runs before the ``APPEND``, so a transaction never sees itself).
 
 Expiry (bounded memory): a record older than the spec's longest window (plus the longest label
-delay) can no longer change any feature, except the entity's latest event, which time since
-previous needs. When a read finds such records, a Lua script rewrites the key without them
-(keeping the latest), so memory per entity is bounded by the events in its longest window.
+delay) before the newest event can no longer change any feature, except the newest of those old
+records, which time since previous needs (also for a late, out-of-order event that arrives
+after the trim: offline it sees that record as its previous one). When a read finds more than
+one such record, a Lua script rewrites the key without them (keeping the newest old one), so
+memory per entity is bounded by the events in its longest window.
 Every key also carries a TTL of :data:`IDLE_TTL_FACTOR` x that horizon, so entities that stop
 transacting disappear; after that their time since previous restarts at "no previous event".
 """
@@ -33,7 +35,7 @@ KEY_PREFIX = "fraudloop:"
 IDLE_TTL_FACTOR = 2  # an idle entity's key lives this many horizons (wall clock)
 
 # KEYS[1]: the entity key; ARGV: cutoff time, record size. Keeps records with time >= cutoff
-# and the latest record; returns the number of records dropped.
+# and the newest record older than the cutoff; returns the number of records dropped.
 _TRIM_LUA = """
 local blob = redis.call('GET', KEYS[1])
 if not blob then return 0 end
@@ -43,7 +45,7 @@ local n = #blob / size
 local latest, latest_t = nil, nil
 for i = 0, n - 1 do
   local t = struct.unpack('<d', blob, i * size + 1)
-  if latest_t == nil or t >= latest_t then latest, latest_t = i, t end
+  if t < cutoff and (latest_t == nil or t >= latest_t) then latest, latest_t = i, t end
 end
 local kept = {}
 for i = 0, n - 1 do
@@ -166,7 +168,7 @@ class RedisEventStore:
 
     def trim(self, keys: Iterable[str], now: float) -> int:
         """Drop records of ``keys`` older than the horizon before ``now`` (event time), except
-        each key's latest; returns the number of records dropped."""
+        the newest of them; returns the number of records dropped."""
         cutoff = repr(now - self.horizon)
         size = self.layout.dtype.itemsize
         pipe = self.r.pipeline(transaction=False)
@@ -175,13 +177,12 @@ class RedisEventStore:
         return int(sum(pipe.execute()))
 
     def expire(self, keys: Sequence[str], histories: Sequence[np.ndarray], now: float) -> int:
-        """:meth:`trim` the keys whose given history holds a record past the horizon."""
+        """:meth:`trim` the keys whose given history holds more than one record past the
+        horizon."""
         if not self.horizon:
             return 0
         cutoff = now - self.horizon
-        stale = [
-            k for k, h in zip(keys, histories, strict=True) if len(h) > 1 and h["t"].min() < cutoff
-        ]
+        stale = [k for k, h in zip(keys, histories, strict=True) if (h["t"] < cutoff).sum() > 1]
         return self.trim(stale, now) if stale else 0
 
     def clear(self) -> int:

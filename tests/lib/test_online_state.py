@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+import sqlalchemy as sa
 
 from fraud_lib import store
 from fraud_lib.features.offline import build_features, epoch_seconds, labels_from_events
@@ -21,7 +22,7 @@ from fraud_lib.features.online_labels import (
     fetch_labels,
     rebuild_state,
 )
-from fraud_lib.features.online_store import RedisEventStore
+from fraud_lib.features.online_store import RedisEventStore, horizon_seconds
 from fraud_lib.features.spec import BehaviorSpec
 from tests.lib.test_features_online import assert_close
 
@@ -86,7 +87,7 @@ def test_single_rows_equal_offline(raw, redis_client):
     assert_close(got, build_features(spec, part))
 
 
-def test_expiry_keeps_only_the_horizon_and_the_latest_event(raw, redis_client):
+def test_expiry_keeps_the_horizon_and_the_newest_older_event(raw, redis_client):
     spec, _ = raw
     state = RedisEventStore(redis_client, spec, prefix=f"test-{uuid.uuid4().hex}:")
     day = 86_400.0
@@ -103,10 +104,30 @@ def test_expiry_keeps_only_the_horizon_and_the_latest_event(raw, redis_client):
     dropped = state.expire([busy, idle], state.read([busy, idle]), now)
     busy_t, idle_t = (h["t"] for h in state.read([busy, idle]))
     assert state.horizon == 37 * day  # 30-day windows plus the 7-day label delay
-    assert list(busy_t) == list(times[times >= now - state.horizon])
-    assert list(idle_t) == [2 * day]  # only the latest: time since previous still needs it
+    # the horizon plus the newest older record: time since previous still needs it
+    assert list(busy_t) == list(times[times >= now - state.horizon - day])
+    assert list(idle_t) == [2 * day]
     assert dropped == (100 - len(busy_t)) + 2
     assert 0 < redis_client.pttl(busy) <= 2 * state.horizon * 1000
+
+
+def test_a_late_event_after_a_trim_sees_its_previous_event(raw, redis_client):
+    """Out-of-order arrival after expiry: the trim used to keep only the newest record, so an
+    event arriving late lost its previous event (older than the horizon) and got "no previous
+    event" online while offline it sees that event."""
+    spec, table = raw
+    state = RedisEventStore(redis_client, spec, prefix=f"test-{uuid.uuid4().hex}:")
+    computer = OnlineFeatures(spec, state, LabelCache())
+    day, base = 86_400.0, float(table["timestamp"].min())
+    rows = table.iloc[:4].copy()
+    rows["customer_id"], rows["terminal_id"] = "late-customer", "late-terminal"
+    rows["transaction_id"] = ["first", "second", "third", "late"]
+    rows["timestamp"] = base + np.array([0.0, 39.0, 39.2, 38.5]) * day  # "late" arrives last
+    got = [computer.frame(Batch.from_frame(spec, rows.iloc[[i]], rows["timestamp"].to_numpy()[i : i + 1]))
+           for i in range(4)]  # fmt: skip
+    since = "customer__time_since_prev"
+    assert got[3][since].iloc[0] == pytest.approx(38.5 * day)
+    assert build_features(spec, rows)[since].iloc[3] == pytest.approx(38.5 * day)
 
 
 def test_a_retried_transaction_does_not_see_itself(raw, redis_client):
@@ -162,6 +183,12 @@ def test_label_cache_from_postgres_matches_the_labels(raw, pg_engine):
     part = table.iloc[:2000]
     log_predictions(pg_engine, spec, part)
     frame = fetch_labels(pg_engine, spec, since=0.0)
+    # what the service's refresh asks: the horizon before the newest logged event (this used
+    # to compare event_time with NULL and returned no label at all: label risk was always 0)
+    with pg_engine.connect() as conn:
+        top = conn.execute(sa.text("SELECT max(event_time) FROM predictions")).scalar_one()
+    recent = fetch_labels(pg_engine, spec, since=top - horizon_seconds(spec))
+    assert len(fetch_labels(pg_engine, spec)) == len(recent) > 0
     expected = label_frame(spec, part)
     expected = expected[(expected["entity"] == "terminal") & expected["labeled_at"].notna()]
     assert len(frame) == len(expected) > 0
