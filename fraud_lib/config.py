@@ -43,6 +43,18 @@ PERFORMANCE_METRICS = (
 )
 
 
+FLAG_VALUES = {"": False, "0": False, "false": False, "no": False, "off": False,
+               "1": True, "true": True, "yes": True, "on": True}  # fmt: skip
+
+
+def parse_flag(text: str, name: str) -> bool:
+    """An on/off environment value (1/true/yes/on, 0/false/no/off, empty = off)."""
+    value = FLAG_VALUES.get(text.strip().lower())
+    if value is None:
+        raise ConfigError(f"{name}={text!r} is not on or off; use 1/true/yes/on or 0/false/no/off")
+    return value
+
+
 def _get(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "")
     return value.strip() if value.strip() else default
@@ -282,6 +294,7 @@ class Settings:
             redis_port=_int(env, "FRAUD_REDIS_PORT", 6390),
             label_refresh_seconds=_float(env, "FRAUD_LABEL_REFRESH_SECONDS", 30.0),
         )
+        parse_flag(_get(env, "FRAUD_SPOOL_FSYNC", ""), "FRAUD_SPOOL_FSYNC")  # read by the workers
         if overrides:
             settings = replace(settings, **overrides)
         settings.validate()

@@ -80,11 +80,10 @@ def _check_columns(p: Path, df: pd.DataFrame) -> None:
     ``labelled_at`` would otherwise be dropped in silence)."""
     missing = [c for c in (ID_COLUMN, "label") if c not in df.columns]
     unknown = [str(c) for c in df.columns if c not in LABEL_COLUMNS]
-    if missing or unknown:
-        what = f"missing column(s) {', '.join(missing)}" if missing else ""
-        what += ("; " if what else "") + (
-            f"unknown column(s) {', '.join(unknown)}" if unknown else ""
-        )
+    parts = [f"missing column(s) {', '.join(missing)}"] if missing else []
+    parts += [f"unknown column(s) {', '.join(unknown)}"] if unknown else []
+    if parts:
+        what = "; ".join(parts)
         raise DataError(f"{p}: {what}; expected transaction_id,label[,labeled_at]")
 
 

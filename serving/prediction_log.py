@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fraud_lib import store
-from fraud_lib.config import Settings
+from fraud_lib.config import Settings, parse_flag
 from fraud_lib.errors import DatabaseError, DataError
 from serving.spool import (
     SEGMENT_NAME,
@@ -55,7 +55,7 @@ class LogUnavailable(Exception):
 def spool_fsync_enabled() -> bool:
     """``FRAUD_SPOOL_FSYNC`` (1/true/yes/on; default off: page cache, which survives a worker
     crash but not a power loss)."""
-    return os.environ.get("FRAUD_SPOOL_FSYNC", "").strip().lower() in ("1", "true", "yes", "on")
+    return parse_flag(os.environ.get("FRAUD_SPOOL_FSYNC", ""), "FRAUD_SPOOL_FSYNC")
 
 
 class PredictionLog:

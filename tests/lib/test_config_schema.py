@@ -236,3 +236,10 @@ def test_out_of_range_settings_are_refused(name: str, value: str, fragment: str)
     """Red-team finding: `fraud config` accepted these; the service would misbehave later."""
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         Settings.from_env({name: value})
+
+
+def test_an_on_off_setting_that_is_neither_is_refused() -> None:
+    """Red-team finding: FRAUD_SPOOL_FSYNC=maybe was taken as off in silence."""
+    with pytest.raises(ConfigError, match="FRAUD_SPOOL_FSYNC='maybe' is not on or off"):
+        Settings.from_env({"FRAUD_SPOOL_FSYNC": "maybe"})
+    assert Settings.from_env({"FRAUD_SPOOL_FSYNC": " ON "}).max_batch  # case and spaces ok

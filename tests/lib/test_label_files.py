@@ -29,3 +29,14 @@ def test_an_integer_id_column_is_taken_as_text(tmp_path):
     path = tmp_path / "ints.parquet"
     pq.write_table(pa.table({"transaction_id": [7, 8], "label": [1, 0]}), path)
     assert [r["transaction_id"] for r in load_labels(path)] == ["7", "8"]
+
+
+def test_a_missing_column_message_names_it_once(tmp_path):
+    """Red-team finding: the message read 'missing column(s) label; ; expected ...'."""
+    path = tmp_path / "labels.csv"
+    path.write_text("transaction_id\nt-1\n")
+    with pytest.raises(DataError) as err:
+        load_labels(path)
+    assert str(err.value).endswith(
+        "labels.csv: missing column(s) label; expected transaction_id,label[,labeled_at]"
+    )
