@@ -43,6 +43,7 @@ PERFORMANCE_METRICS = (
 )
 
 
+MLFLOW_SCHEMES = ("", "sqlite", "postgresql", "postgresql+psycopg2", "http", "https", "file")
 FLAG_VALUES = {"": False, "0": False, "false": False, "no": False, "off": False,
                "1": True, "true": True, "yes": True, "on": True}  # fmt: skip
 
@@ -329,6 +330,12 @@ class Settings:
         if self.eval_window_days < 1 or self.train_window_days <= self.eval_window_days:
             raise ConfigError(
                 "FRAUD_TRAIN_WINDOW_DAYS must be larger than FRAUD_EVAL_WINDOW_DAYS (>= 1)"
+            )
+        scheme = urlsplit(self.mlflow_tracking_uri).scheme.lower()
+        if scheme not in MLFLOW_SCHEMES:  # "" = a local path
+            raise ConfigError(
+                f"MLFLOW_TRACKING_URI: the scheme {scheme!r} has no driver in this install; use "
+                "sqlite:///path, postgresql://..., http(s)://<mlflow server> or file:///path"
             )
         TimestampBounds(self.min_timestamp, self.max_clock_skew_seconds)  # ConfigError if unusable
         self._validate_performance()

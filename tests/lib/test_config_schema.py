@@ -243,3 +243,12 @@ def test_an_on_off_setting_that_is_neither_is_refused() -> None:
     with pytest.raises(ConfigError, match="FRAUD_SPOOL_FSYNC='maybe' is not on or off"):
         Settings.from_env({"FRAUD_SPOOL_FSYNC": "maybe"})
     assert Settings.from_env({"FRAUD_SPOOL_FSYNC": " ON "}).max_batch  # case and spaces ok
+
+
+def test_an_mlflow_store_without_a_driver_is_a_config_error() -> None:
+    """Red-team finding: mysql:// ended `fraud rollback` in a ModuleNotFoundError traceback."""
+    with pytest.raises(ConfigError, match="the scheme 'mysql' has no driver") as err:
+        Settings.from_env({"MLFLOW_TRACKING_URI": "mysql://u:s3cret@db/mlflow"})
+    assert "s3cret" not in str(err.value)
+    for uri in ("sqlite:////tmp/m.db", "http://127.0.0.1:5000", "postgresql://u@h/m", "mlruns"):
+        assert Settings.from_env({"MLFLOW_TRACKING_URI": uri}).mlflow_tracking_uri == uri
