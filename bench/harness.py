@@ -81,6 +81,20 @@ WORKER_CLASSES = {
 }
 
 
+DEFAULT_CLASS = "buffered"  # FRAUD_WORKER_CLASS's default in serving/gunicorn_conf.py
+
+
+def ceiling_share(single: dict[str, Any], cls: str) -> dict[str, float]:
+    """The service's share of the hello-world's ceiling under worker class ``cls``: req/s and
+    p99 ratios at many clients, p50 difference (ms) at one client."""
+    s, h = single[f"service_{cls}"], single[f"hello_{cls}"]
+    return {
+        "req_per_s_ratio": s["clients"]["req_per_s"] / h["clients"]["req_per_s"],
+        "p99_ratio": s["clients"]["p99_ms"] / h["clients"]["p99_ms"],
+        "p50_one_client_diff_ms": s["one_client"]["p50_ms"] - h["one_client"]["p50_ms"],
+    }
+
+
 def gunicorn_argv(port: int, app: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf",
             "-b", f"127.0.0.1:{port}", "-w", "2", *extra, app]  # fmt: skip
