@@ -168,6 +168,19 @@ def temp_settings(tmp: Path, database_url: str) -> Any:
     )  # fmt: skip
 
 
+def service_env(tmp: Path, pg_url: str, settings: Any) -> dict[str, str]:
+    """The environment of a bench gunicorn: this shell's without FRAUD_*/PROMETHEUS_*, the
+    repository on the path, every state dir under ``tmp``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "PROMETHEUS_"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), FRAUD_STATE_DIR=str(tmp / "state"),
+               FRAUD_DATABASE_URL=pg_url, MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri,
+               FRAUD_MLFLOW_ARTIFACTS=str(settings.mlflow_artifact_dir),
+               FRAUD_SPOOL_DIR=str(settings.spool_dir))  # fmt: skip
+    return env
+
+
 def champion_world(tmp: Path, days: int, rows_per_day: int, run_name: str) -> tuple[Any, Any, Any]:
     """(running Postgres, settings, one later day of 10,000 unlabeled rows to score) with a
     champion trained on ``days`` x ``rows_per_day`` generated rows."""
