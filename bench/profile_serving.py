@@ -11,7 +11,7 @@ at ``--rate`` Hz, keeping only the thread that holds the GIL (``--gil``: the CPU
 side spends; without it, threads waiting for the GIL after a ``send`` look busy); the samples of the load window that fall in a request are sorted into the
 parts of the path by the first matching frame (innermost first), and each part's CPU time per
 request is its samples / rate / requests. Prints the table and writes
-``bench/results/profile_serving.json`` (and the raw collapsed stacks beside it).
+``bench/results/profile_serving.json`` (the raw stacks, ~15 MB, stay in the temp dir).
 """
 
 from __future__ import annotations
@@ -153,15 +153,14 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    raw = out.with_suffix(".raw.txt")
     tmp = Path(tempfile.mkdtemp(prefix="fraudloop-profile-"))
     tmp.chmod(0o755)
     load_start = os.getloadavg()
     try:
-        load = profile(args, tmp, raw)
+        load = profile(args, tmp, tmp / "stacks.txt")
+        parts, leaves, outside = parse_raw(tmp / "stacks.txt")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    parts, leaves, outside = parse_raw(raw)
     # the samples cover warm-up and load: scale by every request the workers served in both
     served = load["ok"] * (1 + 3 / args.seconds)
     per_request = {p: n / args.rate / served * 1000 for p, n in parts.most_common()}
