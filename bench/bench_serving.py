@@ -3,6 +3,7 @@ naive baseline, with logging to a real Postgres, and prints a table.
 
     .venv/bin/python bench/bench_serving.py            # ~7 min on 2 cores
     .venv/bin/python bench/bench_serving.py --quick    # shorter runs, smaller model data
+    .venv/bin/python bench/bench_serving.py --single-only   # phase 1 only, ~2 min
 
 Everything runs on 127.0.0.1 and is started here: an embedded Postgres (temp dir, free port),
 a temp MLflow store, a model trained on generated data and promoted, gunicorn with 2 workers
@@ -12,7 +13,8 @@ by pid at the end. Results: the table on stdout and ``bench/results/serving.json
 
 Phases: (1) single-transaction latency and throughput at 1 and 8 clients, service vs baseline,
 each under every gunicorn worker class (buffered, sync, gthread), next to in-process
-``predict_proba`` of one row (the floor); then, with the default worker class: (2) batches of
+``predict_proba`` of one row (the floor) and, under the default worker class, a Flask
+hello-world (``bench/hello_app.py``, the ceiling) with the service's share of it; then, with the default worker class: (2) batches of
 10,000, one at a time (each once the last one is in Postgres) and back to back; (3)
 prediction-log throughput into Postgres at full load, how fast the backlog drains after it,
 and a paced load below that rate with a flat backlog;
@@ -45,8 +47,10 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
 from harness import (  # noqa: E402
+    DEFAULT_CLASS,
     WORKER_CLASSES,
     Gunicorn,
+    ceiling_share,
     gunicorn_argv,
     metric_by_pid,
     metric_sum,
@@ -144,8 +148,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter phases, less training data")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--out", default=str(BENCH / "results" / "serving.json"))
+    parser.add_argument(
+        "--single-only",
+        action="store_true",
+        help="only phase 1 (single transactions), default worker class only",
+    )
+    parser.add_argument("--out", default=None,
+                        help="results JSON (default bench/results/serving.json, "
+                             "serving_single.json with --single-only)")  # fmt: skip
     args = parser.parse_args()
+    args.out = args.out or str(BENCH / "results" / ("serving_single.json" if args.single_only
+                                                    else "serving.json"))  # fmt: skip
     from fraud_lib import pgserver, registry, store
     from fraud_lib.data import generate
     from fraud_lib.schema import FeatureSchema
@@ -225,16 +238,24 @@ def main() -> None:
             return service, port
 
         results["single"] = {}
-        for cls, cls_env in WORKER_CLASSES.items():
-            for kind, app, extra_env, extra in (
-                ("baseline", "baseline_app:app", base_env, ("--pythonpath", str(BENCH))),
-                ("service", "serving.wsgi:app", {}, ()),
-            ):
+        kinds = (
+            ("hello", "hello_app:app", {}, ("--pythonpath", str(BENCH))),
+            ("baseline", "baseline_app:app", base_env, ("--pythonpath", str(BENCH))),
+            ("service", "serving.wsgi:app", {}, ()),
+        )
+        classes = {DEFAULT_CLASS: {}} if args.single_only else WORKER_CLASSES
+        for cls, cls_env in classes.items():
+            for kind, app, extra_env, extra in kinds:
+                if kind == "hello" and cls != DEFAULT_CLASS:
+                    continue  # the ceiling: the project's own gunicorn settings only
                 name = f"{kind}_{cls}"
                 service, port = start(name, app, {**extra_env, **cls_env}, *extra)
                 results["single"][name] = single_phase(port, name)
                 service.stop()
                 truncate(engine)
+        results["ceiling_share"] = ceiling_share(results["single"], DEFAULT_CLASS)
+        if args.single_only:
+            return finish(results, args)
 
         # the service with the configuration's default worker class, for phases 2-6
         svc, port = start("service", "serving.wsgi:app", {})
@@ -425,11 +446,17 @@ def main() -> None:
             if pid and pgserver.pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
+    finish(results, args)
+
+
+def finish(results: dict[str, Any], args: argparse.Namespace) -> None:
+    """Write the JSON results and print the table."""
     results["machine"]["load_avg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, default=float) + "\n")
     print_table(results, args.clients)
-    print(f"(written to {args.out}; load average {results['machine']['load_avg_start']} at start)")
+    print(f"(written to {args.out}; load average {results['machine']['load_avg_start']} at start, "
+          f"{results['machine']['load_avg_end']} at end)")  # fmt: skip
 
 
 def print_table(r: dict[str, Any], clients: int) -> None:
@@ -460,7 +487,12 @@ def print_table(r: dict[str, Any], clients: int) -> None:
                 f"{many['req_per_s']:.0f} req/s ({many['failed']} failed)",
             )
         )
-    for cls in WORKER_CLASSES:
+    c = r["ceiling_share"]
+    rows.append((f"service / hello-world ({DEFAULT_CLASS}, {clients} clients): req/s, p99",
+                 f"{c['req_per_s_ratio']:.0%}, {c['p99_ratio']:.2f}x"))  # fmt: skip
+    rows.append((f"service - hello-world ({DEFAULT_CLASS}, 1 client): p50",
+                 f"{c['p50_one_client_diff_ms']:+.2f} ms"))  # fmt: skip
+    for cls in (k for k in WORKER_CLASSES if f"baseline_{k}" in single_runs):
         s, b = single_runs[f"service_{cls}"]["clients"], single_runs[f"baseline_{cls}"]["clients"]
         rows.append(
             (
@@ -468,8 +500,19 @@ def print_table(r: dict[str, Any], clients: int) -> None:
                 f"{s['req_per_s'] / b['req_per_s']:.1f}x, {s['p99_ms'] / b['p99_ms']:.2f}",
             )
         )
+    if "sigkill" in r:
+        rows += later_phase_rows(r)
+    width = max(len(a) for a, _ in rows)
+    print(f"{'measure'.ljust(width)}  value")
+    print(f"{'-' * width}  {'-' * 40}")
+    for a, v in rows:
+        print(f"{a.ljust(width)}  {v}")
+
+
+def later_phase_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """The table rows of phases 2-6."""
     p, h, k = r["pg_outage"], r["hot_reload"], r["sigkill"]
-    rows += [
+    rows = [
         ("phases 2-6 run with worker class", r["default_worker_class"]),
     ]  # fmt: skip
     for mode, label in (("alone", "JSON, one at a time"), ("back_to_back", "JSON, back to back"),
@@ -495,11 +538,7 @@ def print_table(r: dict[str, Any], clients: int) -> None:
         ("PG outage: acknowledged vs rows after drain", f"{p['predictions_acknowledged']} vs {p['rows_after_drain']} (backlog peak {p['backlog_peak_records']:.0f}, drained {p['seconds_to_drain_after_restart']:.1f} s after restart)"),
         ("SIGKILL: acknowledged vs rows (acked ids found)", f"{k['predictions_acknowledged']} vs {k['rows_in_postgres']} ({k['acknowledged_ids_in_postgres']}), {k['failed_requests']} failed"),
     ]  # fmt: skip
-    width = max(len(a) for a, _ in rows)
-    print(f"{'measure'.ljust(width)}  value")
-    print(f"{'-' * width}  {'-' * 40}")
-    for a, v in rows:
-        print(f"{a.ljust(width)}  {v}")
+    return rows
 
 
 if __name__ == "__main__":

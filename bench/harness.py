@@ -81,6 +81,20 @@ WORKER_CLASSES = {
 }
 
 
+DEFAULT_CLASS = "buffered"  # FRAUD_WORKER_CLASS's default in serving/gunicorn_conf.py
+
+
+def ceiling_share(single: dict[str, Any], cls: str) -> dict[str, float]:
+    """The service's share of the hello-world's ceiling under worker class ``cls``: req/s and
+    p99 ratios at many clients, p50 difference (ms) at one client."""
+    s, h = single[f"service_{cls}"], single[f"hello_{cls}"]
+    return {
+        "req_per_s_ratio": s["clients"]["req_per_s"] / h["clients"]["req_per_s"],
+        "p99_ratio": s["clients"]["p99_ms"] / h["clients"]["p99_ms"],
+        "p50_one_client_diff_ms": s["one_client"]["p50_ms"] - h["one_client"]["p50_ms"],
+    }
+
+
 def gunicorn_argv(port: int, app: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf",
             "-b", f"127.0.0.1:{port}", "-w", "2", *extra, app]  # fmt: skip
@@ -152,6 +166,19 @@ def temp_settings(tmp: Path, database_url: str) -> Any:
         mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db", mlflow_artifact_dir=tmp / "mlartifacts",
         spool_dir=tmp / "spool",
     )  # fmt: skip
+
+
+def service_env(tmp: Path, pg_url: str, settings: Any) -> dict[str, str]:
+    """The environment of a bench gunicorn: this shell's without FRAUD_*/PROMETHEUS_*, the
+    repository on the path, every state dir under ``tmp``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "PROMETHEUS_"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), FRAUD_STATE_DIR=str(tmp / "state"),
+               FRAUD_DATABASE_URL=pg_url, MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri,
+               FRAUD_MLFLOW_ARTIFACTS=str(settings.mlflow_artifact_dir),
+               FRAUD_SPOOL_DIR=str(settings.spool_dir))  # fmt: skip
+    return env
 
 
 def champion_world(tmp: Path, days: int, rows_per_day: int, run_name: str) -> tuple[Any, Any, Any]:

@@ -128,8 +128,7 @@ def _register_request_metrics(app: Flask, metrics: Metrics) -> None:
         if started is not None:
             rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
             status = str(response.status_code)
-            metrics.requests.labels(rule, request.method, status).inc()
-            metrics.latency.labels(rule, status).observe(time.perf_counter() - started)
+            metrics.observe_request(rule, request.method, status, time.perf_counter() - started)
         response.headers["X-Request-ID"] = g.get("request_id", "")
         return response
 

@@ -16,6 +16,7 @@ Two modes, chosen by the environment when the app is created:
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 from prometheus_client import (
@@ -45,6 +46,7 @@ class Metrics:
     """Every metric the service exports, registered on one registry."""
 
     def __init__(self) -> None:
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -108,12 +110,27 @@ class Metrics:
             multiprocess_mode="liveall", registry=r,
         )  # fmt: skip
 
+    def observe_request(self, endpoint: str, method: str, status: str, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        self._child(self.requests, endpoint, method, status).inc()
+        self._child(self.latency, endpoint, status).observe(seconds)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept after the first call (``labels()`` takes a lock and
+        builds a tuple of strings each time: ~15 us of the ~35 us per request of two calls)."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, metric.labels(*labels))
+        return child
+
     def observe_scores(self, scores: np.ndarray, is_fraud: np.ndarray, levels: np.ndarray) -> None:
         """Record a batch of scores: the histogram in bulk, decisions by (is_fraud, risk
         level); ``levels`` holds indices in :data:`RISK_LEVELS`."""
         if len(scores) == 1:
             self.scores.observe(float(scores[0]))
-            self.decisions.labels(str(bool(is_fraud[0])).lower(), RISK_LEVELS[levels[0]]).inc()
+            fraud = "true" if is_fraud[0] else "false"
+            self._child(self.decisions, fraud, RISK_LEVELS[levels[0]]).inc()
             return
         counts = np.bincount(
             np.searchsorted(SCORE_BUCKETS, scores, side="left"), minlength=len(SCORE_BUCKETS) + 1
@@ -135,7 +152,7 @@ class Metrics:
                             minlength=2 * len(RISK_LEVELS))  # fmt: skip
         for (fraud, level), count in zip(_DECISIONS, pairs.tolist(), strict=True):
             if count:
-                self.decisions.labels(fraud, level).inc(count)
+                self._child(self.decisions, fraud, level).inc(count)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition of every worker (multiprocess) or of this app's registry."""

@@ -87,11 +87,52 @@ def test_a_batch_with_a_problem_takes_the_generic_path(change, field, message):
     assert message in caught.value.fields[f"transactions[1].{field}"]
 
 
+def test_one_transaction_decodes_as_the_generic_path_validates_it():
+    for record in (_record(0, transaction_id="a", Time=5, Class=1), _record(1, event_time=7.5),
+                   _record(2, transaction_id=None, event_time=None, Time=None)):  # fmt: skip
+        body = json.dumps(record).encode()
+        typed = decode_batch(body, SCHEMA, 10)
+        generic = validate_transactions(decode_json(body), SCHEMA, 10)
+        assert typed is not None and typed.X is not None and generic.X is not None
+        assert not typed.batch and not generic.batch
+        assert typed.ids == generic.ids and typed.event_times == generic.event_times
+        assert np.array_equal(typed.X, generic.X) and typed.X.shape == (1, 29)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"V4": True}, "V4", "must be a number"),
+        ({"V4": None}, "V4", "must be a number"),
+        ({"V4": 1e400}, "V4", "finite"),
+        ({"colour": "red"}, "colour", "unknown field"),
+        ({"transaction_id": ""}, "transaction_id", "1 to 200 characters"),
+        ({"transaction_id": "a\x00b"}, "transaction_id", "NUL"),
+    ],
+)
+def test_one_transaction_with_a_problem_takes_the_generic_path(change, field, message):
+    body = json.dumps(_record(0) | change).replace("Infinity", "1e400").encode()
+    assert decode_batch(body, SCHEMA, 10) is None
+    with pytest.raises(ApiError) as caught:
+        validate_transactions(decode_json(body), SCHEMA, 10)
+    assert message in caught.value.fields[field]
+
+
+def test_one_transaction_with_a_repeated_or_escaped_key_takes_the_generic_path():
+    text = json.dumps(_record(0))
+    repeated = (text[:-1] + ', "V1": 3.0}').encode()
+    escaped = (text[:-1] + ', "\\u0074ransactions": []}').encode()  # the batch key, escaped
+    for body in (repeated, escaped, b"[1.0]", b'"V1"'):
+        assert decode_batch(body, SCHEMA, 10) is None
+    with pytest.raises(ApiError) as caught:
+        decode_json(repeated)
+    assert caught.value.code == "duplicate_key"
+
+
 def test_what_typed_decoding_leaves_to_the_generic_path():
     record = _record(0)
     missing = {k: v for k, v in record.items() if k != "V7"}
     for body in (
-        json.dumps(record).encode(),  # one transaction, not a batch
         _body([record], extra=1),
         _body([]),
         _body([record] * 3),  # more than max_batch (2)
