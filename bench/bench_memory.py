@@ -16,12 +16,10 @@ stdout and ``bench/results/memory.json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +32,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
 from bench_serving import ARROW_STREAM, arrow_stream  # noqa: E402
-from harness import Gunicorn, champion_world  # noqa: E402
+from harness import Gunicorn, champion_world, stop_postgres  # noqa: E402
 from loadgen import build_request, single  # noqa: E402
 
 MB = 1024 * 1024
@@ -139,11 +137,7 @@ def main() -> None:
         if service is not None:
             service.stop()
         if pg is not None:
-            with contextlib.suppress(Exception):
-                pid = pg.pid
-                pg.stop()
-                if pid and pgserver.pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+            stop_postgres(pg)
         shutil.rmtree(tmp, ignore_errors=True)
     results["load_avg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ from harness import (  # noqa: E402
     metric_by_pid,
     metric_sum,
     pct,
+    stop_postgres,
     summarize,
     temp_settings,
     truncate,
@@ -440,11 +441,7 @@ def main() -> None:
     finally:
         for service in services:
             service.stop()
-        with contextlib.suppress(Exception):
-            pid = pg.pid
-            pg.stop()
-            if pid and pgserver.pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop_postgres(pg)
         shutil.rmtree(tmp, ignore_errors=True)
     finish(results, args)
 

@@ -204,3 +204,18 @@ def champion_world(tmp: Path, days: int, rows_per_day: int, run_name: str) -> tu
     )
     later = generate(1, rows_per_day=10_000, seed=8, start_day=days)
     return pg, settings, later.drop(columns=["Class", "label_delay_seconds"])
+
+
+def stop_postgres(pg: Any) -> None:
+    """Stop a bench's embedded Postgres; SIGKILL its postmaster if pg_ctl could not."""
+    import contextlib
+    import os
+    import signal
+
+    from fraud_lib import pgserver
+
+    with contextlib.suppress(Exception):
+        pid = pg.pid
+        pg.stop()
+        if pid and pgserver.pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)

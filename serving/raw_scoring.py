@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -217,7 +218,14 @@ class OnlineService:
         workers; a Postgres outage leaves the state as it is (features from what arrives)."""
         marker, lock = f"{store.prefix}built", f"{store.prefix}rebuilding"
         r = self.client()
-        if r.exists(marker) or not r.set(lock, "1", nx=True, ex=REBUILD_LOCK_SECONDS):
+        if r.exists(marker):
+            return
+        if not r.set(lock, "1", nx=True, ex=REBUILD_LOCK_SECONDS):
+            # another worker rebuilds (and first clears the state): serving now would lose
+            # the events appended meanwhile, so wait for its marker or its lock to go
+            deadline = time.monotonic() + REBUILD_LOCK_SECONDS
+            while time.monotonic() < deadline and r.exists(lock) and not r.exists(marker):
+                time.sleep(0.05)
             return
         try:
             n = rebuild_state(self.engine_fn(), spec, store)

@@ -5,7 +5,7 @@
   joined to the logged predictions) and refreshes them every ``refresh_seconds``. Label risk is
   therefore at most one refresh interval (plus one refresh query) stale; during a Postgres
   outage the last cache keeps serving and the refresh retries on the next tick.
-* **Rebuild.** :func:`rebuild_state` reloads the Redis histories from the prediction log (the
+* **Rebuild.** :func:`rebuild_state` adds to the Redis histories from the prediction log (the
   raw fields each predictions row logs in ``features``), the last horizon's worth (longest
   window plus longest label delay) before the newest logged event, so a lost Redis loses no
   history that a feature can still see.
@@ -129,9 +129,12 @@ def logged_events(engine: Any, spec: BehaviorSpec, since: float | None = None) -
 
 
 def rebuild_state(engine: Any, spec: BehaviorSpec, store: RedisEventStore) -> int:
-    """Replace the Redis histories by the logged events of the last horizon; returns events."""
+    """Add the logged events of the last horizon to the Redis histories; returns events.
+
+    Nothing is cleared first: events acknowledged meanwhile (by a worker that did not wait, or
+    not yet shipped to Postgres) stay, and an event both logged and stored is read once (reads
+    drop a repeated id)."""
     frame = logged_events(engine, spec)
-    store.clear()
     layout = store.layout
     frame = frame.dropna()
     ids = np.fromiter((id_hash(str(i)) for i in frame["transaction_id"]), np.uint64, len(frame))

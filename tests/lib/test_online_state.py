@@ -197,3 +197,21 @@ def test_label_cache_from_postgres_matches_the_labels(raw, pg_engine):
     np.testing.assert_allclose(got["t"], want["t"])
     np.testing.assert_allclose(got["labeled_at"], want["labeled_at"], atol=1e-3)
     assert (got["label"].to_numpy() == want["label"].to_numpy()).all()
+
+
+def test_a_rebuild_keeps_events_acknowledged_but_not_yet_logged(raw, redis_client, pg_engine):
+    """Regression: the rebuild cleared the state first, so a late rebuild (another worker's, or
+    one while the spool had not shipped yet) lost events it could not find in Postgres."""
+    spec, table = raw
+    logged_part, unlogged, later = table.iloc[:4000], table.iloc[4000:6000], table.iloc[6000:]
+    log_predictions(pg_engine, spec, logged_part)
+    state = RedisEventStore(redis_client, spec, prefix=f"test-{uuid.uuid4().hex}:")
+    cache = LabelCache()
+    cache.replace(label_frame(spec, table))
+    computer = OnlineFeatures(spec, state, cache)
+    for part in (logged_part, unlogged):  # scored online: both are in the state
+        computer.frame(Batch.from_frame(spec, part, epoch_seconds(part[spec.time], spec.time)))
+    assert rebuild_state(pg_engine, spec, state) > 0  # logged events are now there twice
+    t = epoch_seconds(later[spec.time], spec.time)
+    got = computer.frame(Batch.from_frame(spec, later, t))
+    assert_close(got.set_axis(later.index), build_features(spec, table).loc[later.index])

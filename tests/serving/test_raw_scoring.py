@@ -52,15 +52,21 @@ def raw_world(tmp_path_factory, pg_url, redis_server) -> dict[str, Any]:
     return {"settings": settings, "versions": versions, "later": later.reset_index(drop=True)}
 
 
-@pytest.fixture()
-def raw_app(raw_world, pg_engine, redis_server, tmp_path):
-    """An app whose champion is the behavioral version, on an empty online state."""
+def _behavioral_champion(raw_world, redis_server, tmp_path) -> Any:
+    """Settings with the behavioral version as champion, on an empty online state."""
     settings = replace(raw_world["settings"], spool_dir=tmp_path / "spool")
     set_champion(settings, raw_world["versions"]["raw"])
     client = redis_server.client()
     for key in client.scan_iter(match=f"{spec_prefix(SCHEMA.behavior)}*"):
         client.delete(key)
     client.close()
+    return settings
+
+
+@pytest.fixture()
+def raw_app(raw_world, pg_engine, redis_server, tmp_path):
+    """An app whose champion is the behavioral version, on an empty online state."""
+    settings = _behavioral_champion(raw_world, redis_server, tmp_path)
     apps = []
 
     def build(**overrides: Any):
@@ -192,12 +198,7 @@ def test_two_gunicorn_workers_share_the_state(raw_world, pg_engine, redis_server
 
     from fraud_lib import pgserver
 
-    settings = replace(raw_world["settings"], spool_dir=tmp_path / "spool")
-    set_champion(settings, raw_world["versions"]["raw"])
-    client = redis_server.client()
-    for key in client.scan_iter(match=f"{spec_prefix(SCHEMA.behavior)}*"):
-        client.delete(key)
-    client.close()
+    settings = _behavioral_champion(raw_world, redis_server, tmp_path)
     port = pgserver.free_port()
     log_path = tmp_path / "gunicorn.log"
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf",
@@ -223,4 +224,7 @@ def test_two_gunicorn_workers_share_the_state(raw_world, pg_engine, redis_server
     spec = SCHEMA.behavior
     offline = build_features(spec, sent, no_labels).to_numpy(np.float64)
     online = got[spec.output_columns].to_numpy(np.float64)
-    assert (np.abs(online - offline) / np.maximum(np.abs(offline), 1.0)).max() <= 1e-9
+    diff = np.abs(online - offline) / np.maximum(np.abs(offline), 1.0)
+    rows, cols = np.nonzero(diff > 1e-9)
+    assert not len(rows), [(int(r), spec.output_columns[c], online[r, c], offline[r, c])
+                           for r, c in zip(rows[:5], cols[:5], strict=True)]  # fmt: skip
