@@ -64,14 +64,9 @@ def frames():
     return past, later.drop(columns=["Class", "label_delay_seconds"])
 
 
-@pytest.fixture(scope="session")
-def model_store(tmp_path_factory, pg_url, frames) -> dict[str, Any]:
-    """Settings of a session MLflow store holding the four versions, and their numbers."""
-    import broken_model  # tests/serving is on sys.path (pytest rootdir-less import)
-    import cloudpickle
-
-    root = tmp_path_factory.mktemp("mlflow-store")
-    settings = Settings.from_env(
+def store_settings(root: Path, pg_url: str, **extra: Any) -> Settings:
+    """Settings of a session MLflow store and spool under ``root`` (no FRAUD_* from the shell)."""
+    return Settings.from_env(
         {},
         state_dir=root / "state",
         database_url=pg_url,
@@ -79,7 +74,18 @@ def model_store(tmp_path_factory, pg_url, frames) -> dict[str, Any]:
         mlflow_artifact_dir=root / "mlartifacts",
         spool_dir=root / "spool",
         admin_token=ADMIN_TOKEN,
+        **extra,
     )
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory, pg_url, frames) -> dict[str, Any]:
+    """Settings of a session MLflow store holding the four versions, and their numbers."""
+    import broken_model  # tests/serving is on sys.path (pytest rootdir-less import)
+    import cloudpickle
+
+    root = tmp_path_factory.mktemp("mlflow-store")
+    settings = store_settings(root, pg_url)
     past, _ = frames
     hgb = train_model(past, SCHEMA, test_fraction=0.1)
     few = FeatureSchema(features=("V1", "V2", "V3", "V4", "V10", "V14", "Amount"))

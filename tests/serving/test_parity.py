@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
-from conftest import ADMIN_TOKEN, REPO, Service, service_env, set_champion
+from conftest import REPO, Service, service_env, set_champion, store_settings
 
 from fraud_lib import pgserver, registry
 from fraud_lib.config import Settings
@@ -34,11 +34,7 @@ ROWS, WORLDS, DAYS, BATCH = 104_000, 4, 14, 1_000
 def parity_settings(tmp_path_factory, pg_url, redis_server) -> Settings:
     """A session MLflow store whose champion is a behavioral model."""
     root = tmp_path_factory.mktemp("parity-mlflow")
-    settings = Settings.from_env(
-        {}, state_dir=root / "state", database_url=pg_url, redis_url=redis_server.url,
-        mlflow_tracking_uri=f"sqlite:///{root}/mlflow.db", mlflow_artifact_dir=root / "mlartifacts",
-        spool_dir=root / "spool", admin_token=ADMIN_TOKEN,
-    )  # fmt: skip
+    settings = store_settings(root, pg_url, redis_url=redis_server.url)
     train = generate_raw(10, total_rows=6_000, fraud_rate=0.02, seed=5)
     ref = registry.log_model(train_model(enrich(SCHEMA, train), SCHEMA, test_fraction=0.2),
                              settings, run_name="parity")  # fmt: skip

@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import ADMIN_TOKEN, set_champion, wait_logged
+from conftest import set_champion, store_settings, wait_logged
 
 from fraud_lib import registry
-from fraud_lib.config import Settings
 from fraud_lib.features.offline import build_features
 from fraud_lib.features.raw_data import generate_raw
 from fraud_lib.features.raw_table import RAW_SCHEMA_PATH, enrich
@@ -34,11 +33,7 @@ def raw_world(tmp_path_factory, pg_url, redis_server) -> dict[str, Any]:
     raw = raw.sort_values("timestamp", kind="stable").reset_index(drop=True)
     cut = raw["timestamp"] < raw["timestamp"].min() + TRAIN_DAYS * 86_400
     root = tmp_path_factory.mktemp("raw-mlflow")
-    settings = Settings.from_env(
-        {}, state_dir=root / "state", database_url=pg_url, redis_url=redis_server.url,
-        mlflow_tracking_uri=f"sqlite:///{root}/mlflow.db", mlflow_artifact_dir=root / "mlartifacts",
-        spool_dir=root / "spool", admin_token=ADMIN_TOKEN,
-    )  # fmt: skip
+    settings = store_settings(root, pg_url, redis_url=redis_server.url)
     result = train_model(enrich(SCHEMA, raw[cut]), SCHEMA, test_fraction=0.2)
     block = SCHEMA.to_dict()
     block["behavior"]["aggregates"][0]["windows"] = ["2d"]
