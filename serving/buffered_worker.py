@@ -313,9 +313,12 @@ class BufferedWorker(ThreadWorker):
     # ------------------------------------------------------------------ the thread's side
     def handle_request(self, req: Any, conn: BufferedConn) -> bool:
         """gthread's request handling, with a send timeout, the 100 Continue already sent by
-        the loop not sent again, and no keep-alive after a request handed over early."""
+        the loop not sent again, and no keep-alive after a request handed over early (its
+        answer says ``Connection: close``: a client must not send another request on it)."""
         if conn.sent_continue:
             req._expected_100_continue = False
+        if conn.early:
+            req.must_close = True
         conn.sock.settimeout(self.read_timeout)  # a client that reads nothing frees the thread
         keep = super().handle_request(req, conn)
         return bool(keep) and not conn.early

@@ -125,6 +125,11 @@ def test_malformed_requests_get_a_clean_4xx_and_the_log_stays_exact(one_worker, 
         error = error_of(raw)
         assert error["code"] and error["message"], f"{name}: {error}"
 
+    # a Content-Length over the limit is refused before its body arrives, and the connection
+    # closes after: the answer says so, or a client would send its next request on it
+    raw = exchange(port, post("/v1/score", b"{}", f"Content-Length: {MAX_BODY + 1}"))
+    assert b"\r\nConnection: close\r\n" in raw.split(b"\r\n\r\n", 1)[0], raw[:300]
+
     # a body shorter than its Content-Length, then the client stops sending: 400
     raw = exchange(port, post("/v1/score", b"{}", "Content-Length: 100"), half_close=True)
     assert statuses(raw) == [400] and "closed before" in error_of(raw)["message"]
