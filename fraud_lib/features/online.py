@@ -112,6 +112,24 @@ def _needs_history(spec: BehaviorSpec, entity: str) -> bool:
     )
 
 
+def _event_order(codes: np.ndarray, t: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The events sorted by (key, time, id hash), a retried transaction's stored copy (same
+    key, time and id as another event) dropped.
+
+    Stored histories come grouped by key and mostly in time order, so a stable sort by key
+    alone (fast on such runs) is usually already that order; only when some key's times are
+    not strictly increasing does the full three-key sort run."""
+    order = np.argsort(codes, kind="stable")
+    s_codes, s_t = codes[order], t[order]
+    if not ((np.diff(s_codes) == 0) & (np.diff(s_t) <= 0)).any():
+        return order
+    order = np.lexsort((ids, t, codes))
+    dup = np.zeros(len(order), dtype=bool)
+    same = (np.diff(codes[order]) == 0) & (np.diff(t[order]) == 0)
+    dup[1:] = same & (np.diff(ids[order].view(np.int64)) == 0)
+    return order[~dup]
+
+
 def _entity_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.ndarray,
                      hist: History) -> dict[str, np.ndarray]:  # fmt: skip
     """Aggregates and time since previous of one entity, for every batch row."""
@@ -119,12 +137,7 @@ def _entity_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nd
     all_codes = np.concatenate([hist.codes, codes])
     all_t = np.concatenate([rec["t"], batch.times])
     all_ids = np.concatenate([rec["id"], batch.ids])
-    order = np.lexsort((all_ids, all_t, all_codes))
-    # a retried transaction's stored copy: same key, time and id as another row, drop it
-    dup = np.zeros(len(order), dtype=bool)
-    same = (np.diff(all_codes[order]) == 0) & (np.diff(all_t[order]) == 0)
-    dup[1:] = same & (np.diff(all_ids[order].view(np.int64)) == 0)
-    order = order[~dup]
+    order = _event_order(all_codes, all_t, all_ids)
     s_codes, s_t = all_codes[order], all_t[order]
     start, end = group_slices(s_codes, codes)
     earlier = grouped_searchsorted(s_t, start, end, batch.times, "left")
@@ -152,29 +165,42 @@ def _entity_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nd
 
 def _label_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.ndarray,
                     labels: LabelHistory) -> dict[str, np.ndarray]:  # fmt: skip
-    """Label risk of one entity for every batch row (rules: the offline module docstring)."""
+    """Label risk of one entity for every batch row (rules: the offline module docstring).
+
+    Counts only need each key's edges sorted: the window ends (time + delay + window) follow
+    the event times, so one sort by (key, time) serves every window, and the window starts
+    (labeled_at or later) need one sort per delay; filtering a sorted order keeps it sorted."""
     out: dict[str, np.ndarray] = {}
     risks = [r for r in spec.label_risk if r.entity == entity]
-    for window, delay in dict.fromkeys((r.window, r.delay) for r in risks):
+    by_time = np.lexsort((labels.t, labels.codes))
+    known = np.isfinite(labels.known)
+    for delay in dict.fromkeys(r.delay for r in risks):
         shifted = labels.t + (delay.seconds if delay else 0.0)
         begin = np.maximum(np.nextafter(shifted, np.inf), labels.known)
-        end = shifted + window.seconds
-        counts = []
-        for wanted in (labels.y == 1.0, np.isfinite(labels.known)):
-            keep = wanted & np.isfinite(labels.known) & (begin < end)
-            c = labels.codes[keep]
-            tallies = []
-            for edge in (begin[keep], end[keep]):
-                o = np.lexsort((edge, c))
-                tallies.append(count_in_group(c[o], edge[o], codes, batch.times))
-            counts.append((tallies[0] - tallies[1]).astype(np.float64))
-        frauds, labeled = counts
-        rate = np.divide(frauds, labeled, out=np.zeros_like(frauds), where=labeled > 0)
-        values = {"frauds": frauds, "labeled": labeled, "rate": rate}
-        for r in risks:
-            if (r.window, r.delay) == (window, delay):
-                out[r.name] = values[r.stat]
+        by_begin = np.lexsort((begin, labels.codes))
+        for window in dict.fromkeys(r.window for r in risks if r.delay == delay):
+            end = shifted + window.seconds
+            valid = known & (begin < end)
+            counts = []
+            for wanted in (labels.y == 1.0, known):
+                keep = wanted & valid
+                tallies = [_count(labels.codes, edge, order[keep[order]], codes, batch.times)
+                           for edge, order in ((begin, by_begin), (end, by_time))]  # fmt: skip
+                counts.append((tallies[0] - tallies[1]).astype(np.float64))
+            frauds, labeled = counts
+            rate = np.divide(frauds, labeled, out=np.zeros_like(frauds), where=labeled > 0)
+            values = {"frauds": frauds, "labeled": labeled, "rate": rate}
+            for r in risks:
+                if (r.window, r.delay) == (window, delay):
+                    out[r.name] = values[r.stat]
     return out
+
+
+def _count(codes: np.ndarray, edge: np.ndarray, order: np.ndarray, query_codes: np.ndarray,
+           query_times: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Per query, the events of its key whose ``edge`` is at most its time (``order`` sorts
+    the events by key, then edge)."""
+    return count_in_group(codes[order], edge[order], query_codes, query_times)
 
 
 def compute_columns(
