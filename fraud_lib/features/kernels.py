@@ -1,8 +1,8 @@
 """Vectorised kernels of the offline builder: a binary search inside groups and window moments.
 
-Rows are sorted by (entity, time, tie-break); a group is one entity's contiguous block. Both
-kernels are plain numpy over whole columns (a loop over the ~20 levels of a binary search,
-never over rows).
+Rows are sorted by (entity, time, tie-break); a group is one entity's contiguous block. Window
+moments are plain numpy over whole columns; the binary search inside groups is one compiled
+(numba) loop per query, compiled when this module is imported.
 
 Window moments use a sparse table of power-of-two blocks: block sums are pairwise sums and block
 second moments are combined with Chan's parallel formula (the vectorised equivalent of Welford),
@@ -16,7 +16,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
+
+
+@numba.njit("void(float64[:], int64[:], int64[:], float64[:], boolean, int64[:])", nogil=True,
+            cache=False)  # fmt: skip
+def _grouped_search(keys, start, end, values, right, out):  # pragma: no cover - compiled
+    """One binary search per query inside its ``[start, end)`` slice."""
+    for i in range(start.shape[0]):
+        lo, hi, v = start[i], end[i], values[i]
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if (keys[mid] <= v) if right else (keys[mid] < v):
+                lo = mid + 1
+            else:
+                hi = mid
+        out[i] = lo
 
 
 def grouped_searchsorted(
@@ -26,21 +42,11 @@ def grouped_searchsorted(
 
     ``keys`` must be sorted within each ``[start, end)`` slice. Exact (float comparisons only).
     """
-    lo = start.astype(np.int64, copy=True)
-    hi = end.astype(np.int64, copy=True)
-    if len(keys) == 0 or len(lo) == 0:
-        return lo
-    last = len(keys) - 1
-    while True:
-        active = lo < hi
-        if not active.any():
-            return lo
-        mid = (lo + hi) >> 1
-        k = keys[np.minimum(mid, last)]
-        right = (k <= values) if side == "right" else (k < values)
-        right &= active
-        lo = np.where(right, mid + 1, lo)
-        hi = np.where(active & ~right, mid, hi)
+    out = np.empty(len(start), dtype=np.int64)
+    _grouped_search(np.asarray(keys, dtype=np.float64), np.asarray(start, dtype=np.int64),
+                    np.asarray(end, dtype=np.int64), np.asarray(values, dtype=np.float64),
+                    side == "right", out)  # fmt: skip
+    return out
 
 
 def group_slices(codes: np.ndarray, query_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

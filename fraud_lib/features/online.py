@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from fraud_lib.features.kernels import (
-    count_in_group,
     group_slices,
     grouped_searchsorted,
     window_moments,
@@ -167,40 +166,46 @@ def _label_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nda
                     labels: LabelHistory) -> dict[str, np.ndarray]:  # fmt: skip
     """Label risk of one entity for every batch row (rules: the offline module docstring).
 
-    Counts only need each key's edges sorted: the window ends (time + delay + window) follow
-    the event times, so one sort by (key, time) serves every window, and the window starts
-    (labeled_at or later) need one sort per delay; filtering a sorted order keeps it sorted."""
+    A count is, per key, the kept labels whose window has begun by the row's time minus those
+    whose window has ended. Window ends (time + delay + window) follow the event times, so one
+    sort by (key, time) serves every window; window starts (labeled_at or later) need one sort
+    per delay. Each edge is searched once in its sorted order, and the kept labels before the
+    found position are counted with a running sum (labels not kept stay in the order)."""
     out: dict[str, np.ndarray] = {}
     risks = [r for r in spec.label_risk if r.entity == entity]
     by_time = np.lexsort((labels.t, labels.codes))
+    lo, hi = group_slices(labels.codes[by_time], codes)
     known = np.isfinite(labels.known)
+    wanted = {"frauds": labels.y == 1.0, "labeled": known}
     for delay in dict.fromkeys(r.delay for r in risks):
         shifted = labels.t + (delay.seconds if delay else 0.0)
-        begin = np.maximum(np.nextafter(shifted, np.inf), labels.known)
+        begin = np.maximum(np.nextafter(shifted, np.inf), labels.known)  # NaN: sorted last
         by_begin = np.lexsort((begin, labels.codes))
+        begun = grouped_searchsorted(begin[by_begin], lo, hi, batch.times, "right")
         for window in dict.fromkeys(r.window for r in risks if r.delay == delay):
             end = shifted + window.seconds
+            ended = grouped_searchsorted(end[by_time], lo, hi, batch.times, "right")
             valid = known & (begin < end)
-            counts = []
-            for wanted in (labels.y == 1.0, known):
-                keep = wanted & valid
-                tallies = [_count(labels.codes, edge, order[keep[order]], codes, batch.times)
-                           for edge, order in ((begin, by_begin), (end, by_time))]  # fmt: skip
-                counts.append((tallies[0] - tallies[1]).astype(np.float64))
-            frauds, labeled = counts
-            rate = np.divide(frauds, labeled, out=np.zeros_like(frauds), where=labeled > 0)
-            values = {"frauds": frauds, "labeled": labeled, "rate": rate}
+            values = {
+                stat: (_kept_before(keep & valid, by_begin, lo, begun)
+                       - _kept_before(keep & valid, by_time, lo, ended)).astype(np.float64)
+                for stat, keep in wanted.items()
+            }  # fmt: skip
+            frauds, labeled = values["frauds"], values["labeled"]
+            values["rate"] = np.divide(frauds, labeled, out=np.zeros_like(frauds),
+                                       where=labeled > 0)  # fmt: skip
             for r in risks:
                 if (r.window, r.delay) == (window, delay):
                     out[r.name] = values[r.stat]
     return out
 
 
-def _count(codes: np.ndarray, edge: np.ndarray, order: np.ndarray, query_codes: np.ndarray,
-           query_times: np.ndarray) -> np.ndarray:  # fmt: skip
-    """Per query, the events of its key whose ``edge`` is at most its time (``order`` sorts
-    the events by key, then edge)."""
-    return count_in_group(codes[order], edge[order], query_codes, query_times)
+def _kept_before(
+    keep: np.ndarray, order: np.ndarray, lo: np.ndarray, pos: np.ndarray
+) -> np.ndarray:
+    """Per query, how many of ``order[lo:pos]`` are kept."""
+    running = np.concatenate(([0], np.cumsum(keep[order], dtype=np.int64)))
+    return running[pos] - running[lo]
 
 
 def compute_columns(
