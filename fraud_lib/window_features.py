@@ -58,7 +58,10 @@ def _events(spec: BehaviorSpec, raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     (logged by a model without this spec) and counted."""
     complete = raw.notna().all(axis=1)
     events = raw.loc[complete]
-    table = {ID: events[ID].astype(str), spec.time: events["event_time"].astype(np.float64)}
+    table = {
+        spec.id or ID: events[ID].astype(str),
+        spec.time: events["event_time"].astype(np.float64),
+    }
     table |= {c: events[c].astype(str) for c in [*spec.entity_columns.values(), *spec.categorical]}
     table |= {c: pd.to_numeric(events[c]).astype(np.float64) for c in spec.numeric}
     return pd.DataFrame(table), int((~complete).sum())
@@ -107,7 +110,7 @@ def recompute(
         computed = pd.DataFrame(columns=spec.output_columns, dtype=np.float64)
     else:
         computed = build_features(spec, events, labels)
-        computed.index = events[ID].to_numpy()
+        computed.index = events[spec.id or ID].to_numpy()
     rebuilt = computed.reindex(rows[ID].astype(str).to_numpy())
     rebuilt.index = rows.index
     out = spec.output_columns

@@ -370,6 +370,8 @@ def demo(
         raw_report = demo_raw.run_raw_demo(settings, raw_options, say, reset=reset)
         demo_raw.print_raw_summary(raw_report, click.echo)
         return
+    if rows_per_day is not None and rows_per_day < 1000:
+        raise click.BadParameter("at least 1000 for --kind ulb", param_hint="--rows-per-day")
     options = demo_lib.DemoOptions(rows_per_day=rows_per_day or 6000, history_days=history_days,
                                    seed=seed)  # fmt: skip
     report = demo_lib.run_demo(settings, options, say, reset=reset)
