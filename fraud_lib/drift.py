@@ -172,10 +172,13 @@ def _run_evidently(
         ]
     )
     columns = [*numerical, *categorical]
-    snapshot = report.run(
-        current_data=Dataset.from_pandas(current[columns], data_definition=definition),
-        reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
-    )
+    # A constant column (a behavioral feature with one value in a short window) makes the
+    # correlation matrix divide by a zero spread: NaN there is right, the warning is noise.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snapshot = report.run(
+            current_data=Dataset.from_pandas(current[columns], data_definition=definition),
+            reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
+        )
     results: dict[str, dict[str, Any]] = {}
     dataset: dict[str, Any] = {}
     for metric in snapshot.dict()["metrics"]:

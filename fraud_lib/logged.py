@@ -232,3 +232,40 @@ def recent_predictions(
     with begin(bind) as conn:
         order = 'p.scored_at, p.prediction_id COLLATE "C"'
         return _window_frame(conn, selection, params, labeled=False, order=order)
+
+
+def raw_history(
+    bind: Engine | Connection,
+    columns: Sequence[str],
+    *,
+    event_start: float,
+    event_end: float,
+    scored_before: datetime,
+    labels_known_by: datetime,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(events, labels) for an offline feature rebuild: the logged raw fields ``columns`` (text,
+    from the features JSON) of every transaction with ``event_time`` in ``[event_start,
+    event_end]`` scored before ``scored_before`` (its latest prediction, as
+    :func:`labeled_predictions`), and the labels of those transactions known by
+    ``labels_known_by`` (``transaction_id, label, labeled_at`` in epoch seconds)."""
+    select = ", ".join(f"p.features ->> '{c.replace(chr(39), chr(39) * 2)}'" for c in columns)
+    events_sql = (
+        f"SELECT DISTINCT ON (p.transaction_id) p.transaction_id, p.event_time, {select} "
+        "FROM predictions p WHERE p.event_time >= %(t0)s AND p.event_time <= %(t1)s "
+        "AND p.scored_at < %(end)s ORDER BY p.transaction_id, p.scored_at DESC, p.prediction_id DESC"
+    )
+    labels_sql = (
+        "SELECT l.transaction_id, l.label, extract(epoch FROM l.labeled_at)::float8 FROM labels l "
+        "WHERE l.labeled_at <= %(known)s AND EXISTS (SELECT 1 FROM predictions p WHERE "
+        "p.transaction_id = l.transaction_id AND p.event_time >= %(t0)s AND p.event_time <= "
+        "%(t1)s AND p.scored_at < %(end)s)"
+    )
+    params = {"t0": event_start, "t1": event_end, "end": scored_before, "known": labels_known_by}
+    with begin(bind) as conn, conn.connection.driver_connection.cursor() as cur:
+        cur.execute("SET LOCAL jit = off")
+        events = cur.execute(events_sql, params).fetchall()
+        labels = cur.execute(labels_sql, params).fetchall()
+    return (
+        pd.DataFrame(events, columns=["transaction_id", "event_time", *columns]),
+        pd.DataFrame(labels, columns=["transaction_id", "label", "labeled_at"]),
+    )

@@ -60,6 +60,7 @@ class IngestResult:
     digest: str
     skipped: str | None = None
     skipped_labels: int = 0  # stored labels left out: labeled_at outside the accepted range
+    features: dict[str, Any] | None = None  # behavioral schema: facts of the offline rebuild
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +111,17 @@ def _is_sorted(window: pd.DataFrame, schema: FeatureSchema) -> bool:
     return bool((ids[ties] < ids[ties + 1]).all())
 
 
+def _load_initial(settings: Settings, schema: FeatureSchema) -> pd.DataFrame:
+    """The cold-start table; raw transactions (features computed) for a behavioral schema."""
+    if schema.behavior is not None:
+        from fraud_lib.features.raw_table import load_raw_transactions
+
+        return load_raw_transactions(settings.initial_data, schema)
+    from fraud_lib import data
+
+    return data.load_transactions(settings.initial_data, schema)
+
+
 @releases_memory
 def ingest_window(
     settings: Settings,
@@ -137,6 +149,11 @@ def ingest_window(
         order=logged.BY_EVENT_ID,
     )
     skipped_labels = rows.attrs["skipped_labels"]
+    features = None
+    if schema.behavior is not None and len(rows):
+        from fraud_lib.window_features import recompute
+
+        rows, features = recompute(engine, schema, rows, interval_end=interval_end)
     window = _from_log(rows, schema)
     del rows
     n_logged = len(window)
@@ -145,9 +162,7 @@ def ingest_window(
     )
     n_initial = 0
     if cold and settings.initial_data:
-        from fraud_lib import data
-
-        initial = data.load_transactions(settings.initial_data, schema)
+        initial = _load_initial(settings, schema)
         if ID not in initial:
             initial[ID] = [f"initial-{i}" for i in range(len(initial))]
         initial = initial[~initial[ID].astype(str).isin(set(window[ID]))]
@@ -184,6 +199,7 @@ def ingest_window(
         ],
         digest=window_digest(window),
         skipped_labels=skipped_labels,
+        features=features,
     )
     if rows < settings.min_labeled_rows or frauds < settings.min_frauds:
         result.skipped = (

@@ -159,3 +159,14 @@ def test_the_report_headline_agrees_with_the_decision(tmp_path, scenario, drift)
     assert saved["context"] == context
     assert saved["evidently_dataset_drift"]["count"] == summary.drifted_count
     assert saved["target_drift"]["method"] == "jensenshannon"
+
+
+def test_a_constant_column_is_checked_not_an_error(tmp_path):
+    """A feature with one value on both sides (a behavioral count in a short window) gave a
+    RuntimeWarning in Evidently's correlation matrix (an error under the DAG tests)."""
+    reference, current = _frame(2000, 1), _frame(2000, 2)
+    reference["e"] = current["e"] = 0.0
+    summary = drift_report(
+        reference, current, [*COLUMNS, "e"], out_dir=tmp_path, name="flat", sample_rows=10_000
+    )
+    assert summary.drift_detected is False and "e" not in summary.drifted_columns
