@@ -195,6 +195,8 @@ class RedisEventStore:
     def load(self, entity: str, values: np.ndarray, records: np.ndarray) -> int:
         """Append ``records`` (already packed) to the histories of ``values`` (one per record),
         pipelined; used by the rebuild. Returns the number of keys written."""
+        if not len(values):
+            return 0
         order = np.argsort(values, kind="stable")
         values, records = values[order], records[order]
         bounds = np.flatnonzero(np.r_[True, values[1:] != values[:-1], True])

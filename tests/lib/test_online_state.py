@@ -215,3 +215,15 @@ def test_a_rebuild_keeps_events_acknowledged_but_not_yet_logged(raw, redis_clien
     t = epoch_seconds(later[spec.time], spec.time)
     got = computer.frame(Batch.from_frame(spec, later, t))
     assert_close(got.set_axis(later.index), build_features(spec, table).loc[later.index])
+
+
+def test_a_rebuild_from_an_empty_prediction_log_is_an_empty_state(raw, redis_client, pg_engine):
+    """Regression: a first start (no logged prediction yet) failed the rebuild with numpy's
+    'index 0 is out of bounds' and logged an ERROR line on every fresh deployment."""
+    spec, table = raw
+    state = RedisEventStore(redis_client, spec, prefix=f"test-{uuid.uuid4().hex}:")
+    assert rebuild_state(pg_engine, spec, state) == 0
+    computer = OnlineFeatures(spec, state, LabelCache())
+    first = table.iloc[:50]
+    got = computer.frame(Batch.from_frame(spec, first, epoch_seconds(first[spec.time], spec.time)))
+    assert len(got) == len(first)
