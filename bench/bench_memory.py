@@ -4,9 +4,11 @@ it grows over many batches of 10,000.
     .venv/bin/python bench/bench_memory.py                 # 200 batches, ~2 min on 2 cores
     .venv/bin/python bench/bench_memory.py --batches 100 --format arrow   # Arrow bodies only
     .venv/bin/python bench/bench_memory.py --malloc-defaults             # glibc's malloc defaults
+    .venv/bin/python bench/bench_memory.py --in-process    # FRAUD_MODEL_FILES=off (the default)
 
 Starts everything on 127.0.0.1 (an embedded Postgres in a temp dir, a temp MLflow store, a model
-trained on generated data and promoted, gunicorn with 1 worker) and stops it by pid at the end.
+trained on generated data and promoted, gunicorn with 1 worker and FRAUD_MODEL_FILES=on) and
+stops it by pid at the end.
 Measures the worker's resident set from /proc (``smaps``: by kind of mapping) when ready, after
 warm-up and every 10 batches of 10,000 (JSON and Arrow in turn), and the resident set of a fresh
 interpreter after importing what a worker imports (the imports alone). Results: a table on
@@ -31,9 +33,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-from bench_serving import ARROW_STREAM, arrow_stream  # noqa: E402
 from harness import Gunicorn, champion_world, stop_postgres  # noqa: E402
 from loadgen import build_request, single  # noqa: E402
+from serving_inprocess import ARROW_STREAM, arrow_stream  # noqa: E402
 
 MB = 1024 * 1024
 _KINDS = (  # (kind, pattern of the mapping's path), first match wins; no path: anonymous
@@ -42,8 +44,8 @@ _KINDS = (  # (kind, pattern of the mapping's path), first match wins; no path: 
     ("numpy / scipy / scikit-learn", re.compile(r"numpy|scipy|sklearn|scikit_learn")),
     ("other shared libraries", re.compile(r"\.so")),
 )
-IMPORTS = ("import serving.app, serving.api, serving.scoring, serving.trees, fraud_lib.registry, "
-           "mlflow.sklearn, sklearn.ensemble, pyarrow")  # fmt: skip
+IMPORTS = "import serving.app, serving.api, serving.ops, serving.docs, serving.model_files"
+IN_PROCESS_IMPORTS = IMPORTS + ", fraud_lib.registry, mlflow.sklearn, sklearn.ensemble"
 
 
 def smaps(pid: int) -> dict[str, float]:
@@ -63,9 +65,9 @@ def smaps(pid: int) -> dict[str, float]:
     return dict(out)
 
 
-def imports_rss(env: dict[str, str]) -> float:
-    """Resident MB of a fresh interpreter after the worker's imports."""
-    code = f"{IMPORTS}\nprint(open('/proc/self/statm').read().split()[1])"
+def imports_rss(env: dict[str, str], imports: str) -> float:
+    """Resident MB of a fresh interpreter after the worker's ``imports``."""
+    code = f"{imports}\nprint(open('/proc/self/statm').read().split()[1])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, timeout=120)  # fmt: skip
     return int(out.stdout.split()[-1]) * os.sysconf("SC_PAGE_SIZE") / MB
@@ -90,6 +92,11 @@ def main() -> None:
         action="store_true",
         help="glibc's malloc defaults instead of serving.malloc's settings",
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="load the model in the worker (FRAUD_MODEL_FILES=off) instead of through files",
+    )
     parser.add_argument("--out", default=str(BENCH / "results" / "memory.json"))
     args = parser.parse_args()
     from fraud_lib import pgserver
@@ -105,11 +112,15 @@ def main() -> None:
         env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), FRAUD_STATE_DIR=str(tmp / "state"),
                    FRAUD_DATABASE_URL=pg.url, MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri,
                    FRAUD_MLFLOW_ARTIFACTS=str(settings.mlflow_artifact_dir),
-                   FRAUD_SPOOL_DIR=str(settings.spool_dir))  # fmt: skip
+                   FRAUD_SPOOL_DIR=str(settings.spool_dir),
+                   FRAUD_MODEL_FILES="off" if args.in_process else "on")  # fmt: skip
         if args.malloc_defaults:  # any malloc tuning in the environment: serving.malloc keeps off
             env["GLIBC_TUNABLES"] = "glibc.malloc.check=0"  # glibc's default value
-        results["imports_only_mb"] = imports_rss(env)
-        results["options"] = {"format": args.format, "malloc_defaults": args.malloc_defaults}
+        results["imports_only_mb"] = imports_rss(
+            env, IN_PROCESS_IMPORTS if args.in_process else IMPORTS
+        )
+        results["options"] = {"format": args.format, "malloc_defaults": args.malloc_defaults,
+                              "in_process": args.in_process}  # fmt: skip
         port = pgserver.free_port()
         argv = [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf",
                 "-b", f"127.0.0.1:{port}", "-w", "1", "serving.wsgi:app"]  # fmt: skip

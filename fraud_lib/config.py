@@ -231,6 +231,7 @@ class Settings:
     redis_url: str
     redis_port: int
     label_refresh_seconds: float
+    model_files: bool  # FRAUD_MODEL_FILES: workers load models through serving.model_files
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -294,6 +295,7 @@ class Settings:
             redis_url=_get(env, "FRAUD_REDIS_URL", ""),
             redis_port=_int(env, "FRAUD_REDIS_PORT", 6390),
             label_refresh_seconds=_float(env, "FRAUD_LABEL_REFRESH_SECONDS", 30.0),
+            model_files=parse_flag(_get(env, "FRAUD_MODEL_FILES", ""), "FRAUD_MODEL_FILES"),
         )
         parse_flag(_get(env, "FRAUD_SPOOL_FSYNC", ""), "FRAUD_SPOOL_FSYNC")  # read by the workers
         if overrides:

@@ -14,13 +14,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from fraud_lib.errors import ConfigError, DataError
 from fraud_lib.features.spec import BehaviorSpec
+
+if TYPE_CHECKING:  # pandas is imported where a frame is made: not in a scoring worker
+    import pandas as pd
 
 
 def _plain(value: Any) -> Any:
@@ -188,6 +190,8 @@ class FeatureSchema:
         Raises :class:`DataError` naming the first problem: empty table, missing columns,
         non-numeric values, NaN/inf, or labels other than 0/1.
         """
+        import pandas as pd
+
         if df.empty:
             raise DataError("the data has no rows; give a file with at least one transaction")
         needed = [self.time, *self.model_columns] + ([self.label] if require_label else [])
@@ -273,6 +277,8 @@ class FeatureSchema:
 
 def records_to_frame(schema: FeatureSchema, records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Validated records (from :meth:`FeatureSchema.validate_record`) to a model-ready frame."""
+    import pandas as pd
+
     frame = pd.DataFrame.from_records(records, columns=schema.model_columns)
     for col in schema.features:
         frame[col] = frame[col].astype("float64")

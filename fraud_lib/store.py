@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import pandas as pd
 import psycopg
 import sqlalchemy as sa
 from psycopg.types.json import set_json_dumps
@@ -305,6 +304,8 @@ def _opt_float(value: Any) -> float | None:
 
 def _opt_datetime(value: Any, what: str) -> datetime | None:
     """None, or a datetime or ISO-8601 string as a datetime with a zone (naive = UTC)."""
+    import pandas as pd  # not at import: a scoring worker has no pandas (issue 17, memory)
+
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
     if not isinstance(value, datetime):
@@ -415,6 +416,8 @@ def _label_tuple(
 ) -> tuple[Any, ...]:
     """(transaction_id, label, labeled_at or None, source) of a label row, checked against the
     id and timestamp rules of :mod:`fraud_lib.input_rules` (``latest``: the range's end)."""
+    import pandas as pd  # not at import: a scoring worker has no pandas (issue 17, memory)
+
     tx = row.get("transaction_id")
     if tx is None or tx == "":
         raise DataError("every label needs a transaction_id")

@@ -26,7 +26,6 @@ from fraud_lib.redact import redact
 from serving.arrow import ARROW_STREAM, answer_in_arrow, decode_arrow, encode_predictions
 from serving.metrics import RISK_LEVELS
 from serving.prediction_log import LogUnavailable
-from serving.raw_scoring import score_raw
 from serving.spool import Block, encode_block
 from serving.typed_batch import decode_batch
 from serving.validation import (
@@ -143,6 +142,8 @@ def _raw_transactions(st: Any, served: Any) -> tuple[Transactions, np.ndarray, d
     from the online state, scored; see :mod:`serving.raw_scoring`."""
     if not is_json(request):
         raise unsupported_media_type(request, SCORE_BODIES)
+    from serving.raw_scoring import score_raw  # imported by the first raw request (memory)
+
     payload = decode_json(read_body(request))
     return score_raw(st.online, served, payload, st.settings.max_batch,
                      st.settings.timestamp_bounds)  # fmt: skip

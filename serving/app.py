@@ -26,7 +26,6 @@ from serving.http_errors import body_too_large, error_code
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
 from serving.prediction_log import PredictionLog
-from serving.raw_scoring import OnlineService
 from serving.validation import ApiError
 
 log = logging.getLogger(__name__)
@@ -64,8 +63,22 @@ class ServiceState:
         self.db = Database(settings)
         self.holder = ModelHolder(settings, self.metrics)
         self.log = PredictionLog(settings, self.metrics, self.db.engine)
-        self.online = OnlineService(settings, self.db.engine)
+        self._online: Any = None
+        self._online_lock = threading.Lock()
         self._closed = False
+
+    @property
+    def online(self) -> Any:
+        """The online feature computer (:class:`serving.raw_scoring.OnlineService`), created
+        on the first raw request: it imports pandas and Redis, which a worker serving a
+        model on ready-made features never needs (issue 17, memory)."""
+        if self._online is None:
+            with self._online_lock:
+                if self._online is None:
+                    from serving.raw_scoring import OnlineService
+
+                    self._online = OnlineService(self.settings, self.db.engine)
+        return self._online
 
     def start(self) -> None:
         self.log.start()
@@ -77,7 +90,8 @@ class ServiceState:
             return True
         self._closed = True
         self.holder.close()
-        self.online.close()
+        if self._online is not None:
+            self._online.close()
         return self.log.close(timeout)
 
 

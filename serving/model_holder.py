@@ -2,7 +2,8 @@
 
 A background thread asks the registry which version holds ``champion`` every
 ``settings.poll_seconds`` (~4 ms on SQLite); ``/admin/reload`` asks at once. A new version is
-loaded and checked off the request path, then swapped in with one attribute assignment, so a
+loaded (with ``FRAUD_MODEL_FILES=on`` in a child process: :mod:`serving.model_files`) and
+checked off the request path, then swapped in with one attribute assignment, so a
 request that already read :attr:`ModelHolder.current` finishes on the model it started with.
 A version is refused, and the old one kept, when it fails to load, when its input schema
 differs from the served model's, or when it fails the canary batch (:mod:`serving.scoring`).
@@ -20,12 +21,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fraud_lib import registry
 from fraud_lib.config import Settings
 from fraud_lib.monitoring.alerts import AlertQueue
 from fraud_lib.monitoring.events import model_refused_alert
 from fraud_lib.redact import redact
-from serving.scoring import CanaryError, ServedModel, prepare
+from serving import model_files
+from serving.model_files import AliasLookup, prepare_any
+from serving.scoring import CanaryError, ServedModel
 from serving.validation import SEE_LOG
 
 log = logging.getLogger(__name__)
@@ -39,13 +41,19 @@ class ModelHolder:
         settings: Settings,
         metrics: Any,
         *,
-        alias_version: Callable[[Settings], str | None] = registry.alias_version,
-        load_version: Callable[[Settings, str], registry.LoadedModel] = registry.load_version,
+        alias_version: Callable[[Settings], str | None] | None = None,
+        load_version: Callable[[Settings, str], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self._alias_version = alias_version
-        self._load_version = load_version
+        if settings.model_files:  # the worker never imports MLflow, scikit-learn, pandas
+            self._alias_version = alias_version or AliasLookup()
+            self._load_version = load_version or model_files.load_version
+        else:
+            from fraud_lib import registry
+
+            self._alias_version = alias_version or registry.alias_version
+            self._load_version = load_version or registry.load_version
         self.current: ServedModel | None = None
         self.champion_version: str | None = None  # what the registry said last
         self.last_check_at: float | None = None
@@ -141,7 +149,7 @@ class ModelHolder:
             )
         loaded_in = time.perf_counter() - started
         try:
-            served = prepare(loaded)
+            served = prepare_any(loaded)
         except CanaryError as exc:
             return self._refuse(version, "canary_failed", str(exc))
         except Exception as exc:

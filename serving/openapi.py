@@ -25,7 +25,6 @@ from serving.arrow import ARROW_STREAM, column_rules
 from serving.arrow.answer import ANSWER_FIELDS
 from serving.arrow.batch import TYPE_NAMES
 from serving.arrow.stream import MAX_RECORD_BATCHES
-from serving.raw_scoring import raw_example, raw_transaction_schema
 from serving.validation import LABEL_VALUES, MAX_ID_LENGTH, TIMESTAMP_EXAMPLE, optional_fields
 
 OPENAPI_VERSION = "3.1.0"
@@ -57,6 +56,8 @@ def _finite(description: str) -> dict[str, Any]:
 def transaction_schema(schema: FeatureSchema) -> dict[str, Any]:
     """The JSON Schema of one transaction for a model with ``schema``."""
     if schema.behavior is not None:
+        from serving.raw_scoring import raw_transaction_schema  # behavioral models only (memory)
+
         return raw_transaction_schema(schema)
     props: dict[str, Any] = {
         c: _finite("a model feature; a finite number") for c in schema.features
@@ -115,6 +116,8 @@ def label_schema() -> dict[str, Any]:
 
 def _example(schema: FeatureSchema) -> dict[str, Any]:
     if schema.behavior is not None:
+        from serving.raw_scoring import raw_example  # behavioral models only (memory)
+
         return raw_example(schema)
     row: dict[str, Any] = {"transaction_id": "t-1"}
     row.update(dict.fromkeys(schema.features, 0.5))

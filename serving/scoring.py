@@ -25,14 +25,15 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from fraud_lib.registry import LoadedModel
 from fraud_lib.schema import FeatureSchema, records_to_frame
 from serving.trees import CompiledTrees
+
+if TYPE_CHECKING:  # the registry imports MLflow: not in a worker that reads model files
+    from fraud_lib.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ class ServedModel:
         elif self.estimator is not None:
             predict = self._estimator_scores
         else:
+            import pandas as pd  # the pipeline predictor only: its worker has pandas loaded
+
             frame = pd.DataFrame(X, columns=list(self.schema.features))
             return self.loaded.model.predict_proba(frame)[:, 1]
         if X.shape[0] < SPLIT_BATCH:
@@ -206,13 +209,19 @@ def prepare(loaded: LoadedModel) -> ServedModel:
     served.estimator, served.predictor = estimator, "estimator"
     if CompiledTrees.supports(estimator):
         try:
-            compiled = CompiledTrees(estimator)
+            compiled = CompiledTrees.from_classifier(estimator)
         except Exception as exc:  # an unexpected scikit-learn layout: keep the estimator
             log.info("compiled-trees predictor not used: %s: %s", type(exc).__name__, exc)
             return served
-        single = lambda: np.concatenate([compiled.predict(X[i : i + 1]) for i in range(len(X))])  # noqa: E731
-        if _same(single, reference, "compiled-trees") and _same(
-            lambda: compiled.predict(X), reference, "compiled-trees"
-        ):
+        if check_predictor(compiled, X, reference):
             served.compiled, served.predictor = compiled, "compiled-trees"
     return served
+
+
+def check_predictor(compiled: CompiledTrees, X: np.ndarray, reference: np.ndarray) -> bool:
+    """True if ``compiled`` scores the canary matrix ``X`` as ``reference`` (the pipeline's
+    scores), one row at a time and as one batch."""
+    single = lambda: np.concatenate([compiled.predict(X[i : i + 1]) for i in range(len(X))])  # noqa: E731
+    return _same(single, reference, "compiled-trees") and _same(
+        lambda: compiled.predict(X), reference, "compiled-trees"
+    )

@@ -34,7 +34,7 @@ _SIGNATURE = (
 )
 
 
-@numba.njit(_SIGNATURE, nogil=True, cache=False)
+@numba.njit(_SIGNATURE, nogil=True, cache=True)
 def _raw_predictions(X, roots, depths, feature, threshold, children, value, baseline, out):
     """``out[i]`` = baseline + row i's leaf value in every tree, in tree order."""
     nodes = np.empty(BLOCK, np.int32)
@@ -61,30 +61,46 @@ def _raw_predictions(X, roots, depths, feature, threshold, children, value, base
 class CompiledTrees:
     """The trees of a binary HGB classifier as flat arrays, scored by the numba kernel."""
 
-    def __init__(self, clf: Any) -> None:
+    ARRAYS = ("feature", "threshold", "value", "children", "roots", "depths")
+
+    def __init__(self, arrays: dict[str, np.ndarray], baseline: float, n_features: int) -> None:
+        """From the flat arrays (:attr:`ARRAYS`, as :meth:`from_classifier` makes them): how a
+        worker that never imports scikit-learn gets them (:mod:`serving.model_files`)."""
+        dtypes = {"threshold": np.float64, "value": np.float64}
+        for name in self.ARRAYS:
+            arr = np.ascontiguousarray(arrays[name], dtype=dtypes.get(name, np.int32))
+            setattr(self, name, arr)
+        self.baseline = float(baseline)
+        self.n_features = int(n_features)
+
+    @classmethod
+    def from_classifier(cls, clf: Any) -> CompiledTrees:
+        """Flatten a fitted classifier (one that :meth:`supports` accepts)."""
         predictors = [p[0] for p in clf._predictors]
         sizes = [len(p.nodes) for p in predictors]
         offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
         n = int(offsets[-1])
-        self.feature = np.zeros(n, np.int32)
-        self.threshold = np.zeros(n)
-        self.value = np.zeros(n)
+        a = {"feature": np.zeros(n, np.int32), "threshold": np.zeros(n), "value": np.zeros(n),
+             "children": np.zeros(2 * n, np.int32)}  # fmt: skip
         # children interleaved: [2*i] = left (x <= threshold), [2*i + 1] = right; a leaf points
         # at itself both ways (feature 0, threshold +inf: every further step stays there)
-        self.children = np.zeros(2 * n, np.int32)
         for start, pred in zip(offsets[:-1].tolist(), predictors, strict=True):
             nodes = pred.nodes
             ids = np.arange(start, start + len(nodes))
             leaf = nodes["is_leaf"].astype(bool)
-            self.feature[ids] = np.where(leaf, 0, nodes["feature_idx"])
-            self.threshold[ids] = np.where(leaf, np.inf, nodes["num_threshold"])
-            self.value[ids] = nodes["value"]
-            self.children[2 * ids] = np.where(leaf, ids, nodes["left"] + start)
-            self.children[2 * ids + 1] = np.where(leaf, ids, nodes["right"] + start)
-        self.roots = offsets[:-1].astype(np.int32)
-        self.depths = np.array([int(p.nodes["depth"].max()) for p in predictors], np.int32)
-        self.baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
-        self.n_features = int(clf.n_features_in_)
+            a["feature"][ids] = np.where(leaf, 0, nodes["feature_idx"])
+            a["threshold"][ids] = np.where(leaf, np.inf, nodes["num_threshold"])
+            a["value"][ids] = nodes["value"]
+            a["children"][2 * ids] = np.where(leaf, ids, nodes["left"] + start)
+            a["children"][2 * ids + 1] = np.where(leaf, ids, nodes["right"] + start)
+        a["roots"] = offsets[:-1].astype(np.int32)
+        a["depths"] = np.array([int(p.nodes["depth"].max()) for p in predictors], np.int32)
+        baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
+        return cls(a, baseline, int(clf.n_features_in_))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The flat arrays by name (:attr:`ARRAYS`), for :meth:`__init__`."""
+        return {name: getattr(self, name) for name in self.ARRAYS}
 
     @classmethod
     def supports(cls, clf: Any) -> bool:

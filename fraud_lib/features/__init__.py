@@ -9,6 +9,15 @@ This package owns
 * the model-side column transforms (:mod:`.preprocess`), shared by training and scoring.
 """
 
-from fraud_lib.features.preprocess import build_preprocessor, model_frame, predict_scores
+import importlib
+from typing import Any
 
 __all__ = ["build_preprocessor", "model_frame", "predict_scores"]
+
+
+def __getattr__(name: str) -> Any:
+    """The model-side transforms, imported on first use: they need scikit-learn and pandas,
+    which a scoring worker serving compiled trees never imports (issue 17, memory)."""
+    if name in __all__:
+        return getattr(importlib.import_module("fraud_lib.features.preprocess"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -166,7 +166,7 @@ def test_compiled_trees_score_exactly_as_scikit_learn(params):
     y = (X[:, 0] / 1e3 + X[:, 3] + rng.normal(size=len(X)) > 1).astype(int)
     clf = HistGradientBoostingClassifier(early_stopping=False, **params).fit(X, y)
     assert CompiledTrees.supports(clf)
-    compiled = CompiledTrees(clf)
+    compiled = CompiledTrees.from_classifier(clf)
     expected = clf.predict_proba(X)[:, 1]
     served = ServedModel(loaded=None, predictor="compiled-trees", compiled=compiled)  # type: ignore[arg-type]
     assert np.array_equal(served.score_matrix(X), expected)  # two halves, two threads

@@ -1,0 +1,149 @@
+"""The worker's side: run the export child, read its files, check the kernel on the canary."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fraud_lib.config import Settings
+from fraud_lib.errors import RegistryError
+from fraud_lib.schema import FeatureSchema
+from serving.scoring import CanaryError, ServedModel, canary_matrix, check_predictor, prepare
+from serving.trees import CompiledTrees
+
+log = logging.getLogger(__name__)
+
+EXPORT_TIMEOUT_SECONDS = 300  # a download and a load of the pipeline; a hung child is refused
+
+
+@dataclass
+class ModelFiles:
+    """A version read from the export child's files: what :class:`ServedModel` needs of a
+    loaded model (``model`` is None: there is no pipeline object in this process)."""
+
+    name: str
+    version: str
+    schema: FeatureSchema
+    threshold: float
+    meta: dict[str, Any]
+    compiled: CompiledTrees | None = None
+    reference: np.ndarray | None = None
+    canary_error: str | None = None
+    model: Any = field(default=None, repr=False)
+
+    def serve(self) -> ServedModel:
+        """The served model, once the kernel reproduces the pipeline's canary scores (one row
+        at a time and as a batch, as :func:`serving.scoring.prepare` checks in process)."""
+        if self.canary_error is not None:
+            raise CanaryError(self.canary_error)
+        assert self.compiled is not None and self.reference is not None
+        if not check_predictor(self.compiled, canary_matrix(self.schema), self.reference):
+            raise CanaryError(
+                "the compiled trees read from the model files differ from the pipeline's "
+                "scores on the canary batch"
+            )
+        return ServedModel(self, predictor="compiled-trees", compiled=self.compiled)  # type: ignore[arg-type]
+
+
+def _run_export(settings: Settings, version: str, out: Path) -> dict[str, Any]:
+    """Run the export child for ``version`` into ``out``; its ``model.json``. The child reads
+    the worker's environment with the registry settings of ``settings`` on top."""
+    root = str(Path(__file__).resolve().parents[2])  # the serving package's, first on the path
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))),
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "FRAUD_MLFLOW_ARTIFACTS": str(settings.mlflow_artifact_dir),
+        "FRAUD_MODEL_NAME": settings.model_name,
+    }
+    argv = [sys.executable, "-m", "serving.model_files.export", version, str(out)]
+    try:
+        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=EXPORT_TIMEOUT_SECONDS, check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise RegistryError(f"loading took more than {EXPORT_TIMEOUT_SECONDS} s") from None
+    result = out / "model.json"
+    if done.returncode != 0 or not result.exists():
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RegistryError(f"the model export process failed (exit {done.returncode}): {tail}")
+    return json.loads(result.read_text())
+
+
+def _export_dir(settings: Settings, version: str) -> Path:
+    """Where the files of ``version`` are kept for every worker of this state directory:
+    ``state_dir/model_files/<hash of the tracking URI and model name>/v<version>``."""
+    key = f"{settings.mlflow_tracking_uri}\0{settings.model_name}".encode()
+    return (
+        Path(settings.state_dir)
+        / "model_files"
+        / hashlib.sha256(key).hexdigest()[:16]
+        / f"v{version}"
+    )
+
+
+def _exported(settings: Settings, version: str) -> tuple[dict[str, Any], Path]:
+    """``model.json`` of ``version`` and the directory of its files: exported by the first
+    worker that asks (the others wait on its lock, then read its files; a rollback to a
+    version served before reads them again). A version that failed to load is not kept: a
+    retry runs the child again."""
+    target = _export_dir(settings, version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"v{version}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "model.json").exists():
+            return json.loads((target / "model.json").read_text()), target
+        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+        try:
+            facts = _run_export(settings, version, tmp)
+            if facts["status"] != "load_failed":
+                tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return facts, target
+
+
+def load_version(settings: Settings, version: str) -> Any:
+    """Load ``version`` for serving: :class:`ModelFiles` when the compiled trees serve it, else
+    the in-process :class:`fraud_lib.registry.LoadedModel` (MLflow, scikit-learn and pandas
+    are then imported into this worker). Raises on a version that cannot be loaded."""
+    if not version.isdigit():
+        raise RegistryError(f"version {version!r} is not a registry version number")
+    facts, where = _exported(settings, version)
+    status = facts["status"]
+    if status == "load_failed":
+        raise RegistryError(facts["message"])
+    if status == "in_process":
+        log.info("version %s uses the %s predictor: loaded in the worker", version,
+                 facts.get("predictor"))  # fmt: skip
+        from fraud_lib import registry
+
+        return registry.load_version(settings, version)
+    files = ModelFiles(name=facts["name"], version=str(facts["version"]),
+                       schema=FeatureSchema.from_dict(facts["schema"]),
+                       threshold=float(facts["threshold"]), meta=facts["meta"],
+                       canary_error=facts.get("message"))  # fmt: skip
+    if status == "files":
+        with np.load(where / "trees.npz", allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in CompiledTrees.ARRAYS}
+        files.compiled = CompiledTrees(arrays, facts["baseline"], facts["n_features"])
+        files.reference = np.asarray(facts["reference"], dtype=float)
+    return files
+
+
+def prepare_any(loaded: Any) -> ServedModel:
+    """:meth:`ModelFiles.serve` or :func:`serving.scoring.prepare` (a model loaded in process)."""
+    if isinstance(loaded, ModelFiles):
+        return loaded.serve()
+    return prepare(loaded)
