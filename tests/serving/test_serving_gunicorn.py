@@ -101,9 +101,15 @@ def test_hot_reload_reaches_every_worker_without_a_failed_request(
             30,
             "40 consecutive answers from the new version",
         )
-        # every worker reports the new version on /metrics (liveall gauges: one per pid)
-        per_worker = metric_values(service.url, "fraud_model_version")
-        assert len(per_worker) == 2 and {value for _, value in per_worker} == {float(v["hgb2"])}
+        # every worker reports the new version on /metrics (liveall gauges: one per pid); a
+        # worker still booting on a loaded machine reports 0 until its first load, so wait
+        deadline = time.monotonic() + 30
+        while True:
+            per_worker = metric_values(service.url, "fraud_model_version")
+            if len(per_worker) == 2 and {x for _, x in per_worker} == {float(v["hgb2"])}:
+                break
+            assert time.monotonic() < deadline, f"workers report versions {per_worker}"
+            time.sleep(0.2)
 
         set_champion(serving_settings, v["other_schema"])  # refused by both workers
         deadline = time.monotonic() + 30
