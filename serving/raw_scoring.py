@@ -34,7 +34,7 @@ import redis
 
 from fraud_lib import redisserver
 from fraud_lib.features.online import Batch, OnlineFeatures
-from fraud_lib.features.online_labels import LabelCache, fetch_labels, rebuild_state
+from fraud_lib.features.online_labels import LabelCache, rebuild_state, refresh_label_cache
 from fraud_lib.features.online_store import KEY_PREFIX, RedisEventStore
 from fraud_lib.features.spec import BehaviorSpec
 from fraud_lib.input_rules import TimestampBounds, id_error
@@ -237,7 +237,7 @@ class OnlineService:
 
     def _refresh(self, spec: BehaviorSpec, cache: LabelCache) -> None:
         try:
-            cache.replace(fetch_labels(self.engine_fn(), spec, since=None))
+            refresh_label_cache(self.engine_fn(), spec, cache)
         except Exception as exc:  # Postgres down: keep the last labels, retry next tick
             log.warning("label risk cache not refreshed (%s); keeping the last one", exc)
 
