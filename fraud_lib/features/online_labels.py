@@ -42,57 +42,99 @@ LABEL_FRAME_COLUMNS = ("entity", "key", "t", "labeled_at", "label")
 REFRESH_OVERLAP_SECONDS = 60.0
 
 
+PRUNE_STEP_SECONDS = 86_400.0  # every key is pruned once the horizon moved this far (event time)
+_NO_TX = np.empty(0, dtype=object)
+_NO_ROWS = np.empty((0, 3))
+_Keyed = dict[str, tuple[np.ndarray, np.ndarray]]  # key -> (transaction ids, rows t/known/label)
+
+
+def _by_key(frame: pd.DataFrame) -> dict[str, _Keyed]:
+    """Per entity, per key: the rows' transaction ids and (t, labeled_at, label) rows."""
+    out: dict[str, _Keyed] = {}
+    for entity, part in frame.groupby("entity", sort=False):
+        keys = part["key"].astype(str).to_numpy()
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        if "transaction_id" in part:
+            txs = part["transaction_id"].astype(str).to_numpy()[order]
+        else:
+            txs = np.full(len(part), "", dtype=object)
+        arr = part[["t", "labeled_at", "label"]].to_numpy(np.float64)[order]
+        bounds = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True])
+        out[str(entity)] = {
+            keys[lo]: (txs[lo:hi], arr[lo:hi]) for lo, hi in itertools.pairwise(bounds)
+        }
+    return out
+
+
 class LabelCache:
     """Labeled events per (entity, key): loaded whole by :meth:`replace`, then kept current by
-    :meth:`merge` with the rows changed since (thread-safe)."""
+    :meth:`merge` with the rows changed since (thread-safe; a merge costs the keys it touches)."""
 
     def __init__(self) -> None:
-        self._by_entity: dict[str, tuple[dict[str, tuple[int, int]], np.ndarray]] = {}
-        self._frame = pd.DataFrame(columns=["transaction_id", *LABEL_FRAME_COLUMNS])
+        self._keys: dict[str, _Keyed] = {}
         self._lock = threading.Lock()
+        self._newest = -np.inf
+        self._pruned_at = -np.inf  # the cutoff of the last prune of every key
         self.refreshed_at: float | None = None  # worker wall clock when the snapshot began
         self.db_time: float | None = None  # Postgres clock at the snapshot (delta watermark)
 
     def replace(self, frame: pd.DataFrame, when: float | None = None) -> None:
         """New content: columns :data:`LABEL_FRAME_COLUMNS` (times in epoch seconds), plus
         ``transaction_id`` when later :meth:`merge` calls must replace changed labels."""
-        built: dict[str, tuple[dict[str, tuple[int, int]], np.ndarray]] = {}
-        for entity, part in frame.groupby("entity", sort=False):
-            part = part.sort_values("key", kind="stable")
-            keys = part["key"].astype(str).to_numpy()
-            bounds = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True])
-            slices = {keys[lo]: (lo, hi) for lo, hi in itertools.pairwise(bounds)}
-            arr = part[["t", "labeled_at", "label"]].to_numpy(np.float64)
-            built[str(entity)] = (slices, arr)
+        built = _by_key(frame)
         with self._lock:
-            self._by_entity = built
-            self._frame = frame
+            self._keys = built
+            self._newest = float(frame["t"].max()) if len(frame) else -np.inf
             self.refreshed_at = when
 
     def merge(self, delta: pd.DataFrame, horizon: float, when: float | None = None) -> None:
         """Add the rows of ``delta`` (a changed label replaces its transaction's row) and drop
-        the events older than ``horizon`` before the newest one."""
-        both = pd.concat([self._frame, delta], ignore_index=True)
-        both = both.drop_duplicates(["entity", "transaction_id"], keep="last")
-        if len(both):
-            both = both[both["t"] > both["t"].max() - horizon]
-        self.replace(both.reset_index(drop=True), when)
+        the events older than ``horizon`` before the newest one: from the keys ``delta``
+        touches, and from every key once that cutoff moved :data:`PRUNE_STEP_SECONDS`."""
+        newest = max(self._newest, float(delta["t"].max()) if len(delta) else -np.inf)
+        cutoff = newest - horizon
+        merged = dict(self._keys)
+        for entity, fresh in _by_key(delta).items():
+            current = dict(merged.get(entity, {}))
+            for key, (txs, rows) in fresh.items():
+                old_tx, old_rows = current.get(key, (_NO_TX, _NO_ROWS))
+                new = set(txs)
+                keep = np.fromiter((x not in new for x in old_tx), bool, len(old_tx))
+                current[key] = _recent((np.concatenate([old_tx[keep], txs]),
+                                        np.concatenate([old_rows[keep], rows])), cutoff)  # fmt: skip
+            merged[entity] = current
+        if cutoff > self._pruned_at + PRUNE_STEP_SECONDS:
+            merged = {e: {k: kept for k, v in keyed.items() if len((kept := _recent(v, cutoff))[0])}
+                      for e, keyed in merged.items()}  # fmt: skip
+            self._pruned_at = cutoff
+        with self._lock:
+            self._keys = merged
+            self._newest = newest
+            self.refreshed_at = when
 
     def history(self, entity: str, uniques: np.ndarray) -> LabelHistory:
         """Labeled events of the given keys, coded by their position in ``uniques``."""
         with self._lock:
-            slices, arr = self._by_entity.get(entity, ({}, np.empty((0, 3))))
+            keyed = self._keys.get(entity, {})
         parts, codes = [], []
         for code, key in enumerate(uniques):
-            lo, hi = slices.get(str(key), (0, 0))
-            if hi > lo:
-                parts.append(arr[lo:hi])
-                codes.append(np.full(hi - lo, code, dtype=np.int64))
+            rows = keyed.get(str(key), (_NO_TX, _NO_ROWS))[1]
+            if len(rows):
+                parts.append(rows)
+                codes.append(np.full(len(rows), code, dtype=np.int64))
         if not parts:
             empty = np.empty(0)
             return LabelHistory(np.empty(0, np.int64), empty, empty, empty)
         rows = np.concatenate(parts)
         return LabelHistory(np.concatenate(codes), rows[:, 0], rows[:, 1], rows[:, 2])
+
+
+def _recent(entry: tuple[np.ndarray, np.ndarray], cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of one key with event time after ``cutoff``."""
+    txs, rows = entry
+    keep = rows[:, 0] > cutoff
+    return (txs, rows) if keep.all() else (txs[keep], rows[keep])
 
 
 def refresh_label_cache(engine: Any, spec: BehaviorSpec, cache: LabelCache) -> int:
