@@ -38,8 +38,10 @@ logger = logging.getLogger(__name__)
 LABEL_FRAME_COLUMNS = ("entity", "key", "t", "labeled_at", "label")
 # A delta refresh re-reads the rows stamped (transaction start, Postgres clock) up to this long
 # before the previous snapshot: a label or prediction transaction that began before a snapshot
-# but committed after it is still read, as long as it lasted less than this.
-REFRESH_OVERLAP_SECONDS = 60.0
+# but committed after it is still read, as long as it lasted less than this. A full reload every
+# FULL_RELOAD_SECONDS (wall clock) catches any longer one.
+REFRESH_OVERLAP_SECONDS = 5.0
+FULL_RELOAD_SECONDS = 600.0
 
 
 PRUNE_STEP_SECONDS = 86_400.0  # every key is pruned once the horizon moved this far (event time)
@@ -78,6 +80,7 @@ class LabelCache:
         self._pruned_at = -np.inf  # the cutoff of the last prune of every key
         self.refreshed_at: float | None = None  # worker wall clock when the snapshot began
         self.db_time: float | None = None  # Postgres clock at the snapshot (delta watermark)
+        self.loaded_at = -np.inf  # wall clock of the last full load
 
     def replace(self, frame: pd.DataFrame, when: float | None = None) -> None:
         """New content: columns :data:`LABEL_FRAME_COLUMNS` (times in epoch seconds), plus
@@ -140,7 +143,8 @@ def _recent(entry: tuple[np.ndarray, np.ndarray], cutoff: float) -> tuple[np.nda
 def refresh_label_cache(engine: Any, spec: BehaviorSpec, cache: LabelCache) -> int:
     """Bring ``cache`` up to the labels in Postgres now; returns the rows read.
 
-    The first call loads the horizon; later calls read only the labels and prediction rows
+    The first call (and one every :data:`FULL_RELOAD_SECONDS`) loads the horizon; the others
+    read only the labels and prediction rows
     written since the previous snapshot (minus :data:`REFRESH_OVERLAP_SECONDS`), so a refresh
     costs the labels that arrived, not the whole horizon (a full reload took ~3 s at 80,000
     labels under load, which made label risk staler than the stated lag). ``refreshed_at`` is
@@ -148,11 +152,13 @@ def refresh_label_cache(engine: Any, spec: BehaviorSpec, cache: LabelCache) -> i
     began = time.time()
     with engine.connect() as conn:
         db_now = float(conn.execute(sa.text("SELECT extract(epoch FROM now())")).scalar_one())
-    if cache.db_time is None:
+    if cache.db_time is None or began - cache.loaded_at > FULL_RELOAD_SECONDS:
         frame = fetch_labels(engine, spec)
         cache.replace(frame, when=began)
+        cache.loaded_at = began
     else:
-        frame = fetch_labels(engine, spec, changed_since=cache.db_time - REFRESH_OVERLAP_SECONDS)
+        since = cache.db_time - REFRESH_OVERLAP_SECONDS
+        frame = fetch_labels(engine, spec, since=-np.inf, changed_since=since)
         cache.merge(frame, horizon_seconds(spec), when=began)
     cache.db_time = db_now
     logger.debug("label cache refreshed: %d rows read in %.3f s", len(frame), time.time() - began)
@@ -176,9 +182,13 @@ def fetch_labels(engine: Any, spec: BehaviorSpec, since: float | None = None,
     Columns: ``transaction_id`` and :data:`LABEL_FRAME_COLUMNS`."""
     entities = {r.entity for r in spec.label_risk}
     where, params = _since_clause(spec, since)
-    if changed_since is not None:
-        where += (" AND (l.updated_at > to_timestamp(:changed) "
-                  "OR p.written_at > to_timestamp(:changed))")  # fmt: skip
+    pairs = "labels l JOIN predictions p ON p.transaction_id = l.transaction_id"
+    if changed_since is not None:  # each table filtered alone, the other one joined by its index
+        pairs = ("(SELECT transaction_id FROM labels WHERE updated_at > to_timestamp(:changed) "
+                 "UNION SELECT transaction_id FROM predictions "
+                 "WHERE written_at > to_timestamp(:changed)) c "
+                 "JOIN labels l ON l.transaction_id = c.transaction_id "
+                 "JOIN predictions p ON p.transaction_id = c.transaction_id")  # fmt: skip
         params["changed"] = changed_since
     frames = []
     for name, column in spec.entities:
@@ -189,8 +199,7 @@ def fetch_labels(engine: Any, spec: BehaviorSpec, since: float | None = None,
         query = sa.text(
             "WITH chosen AS MATERIALIZED (SELECT DISTINCT ON (p.transaction_id) p.transaction_id, "
             "p.features, p.event_time AS t, extract(epoch FROM l.labeled_at) AS labeled_at, "
-            "l.label FROM labels l JOIN predictions p ON p.transaction_id = l.transaction_id "
-            f"WHERE {where} ORDER BY p.transaction_id, p.scored_at) "
+            f"l.label FROM {pairs} WHERE {where} ORDER BY p.transaction_id, p.scored_at) "
             f"SELECT transaction_id, features ->> '{col}' AS key, t, labeled_at, label "
             f"FROM chosen WHERE features ->> '{col}' IS NOT NULL"
         )
