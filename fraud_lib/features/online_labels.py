@@ -40,7 +40,7 @@ LABEL_FRAME_COLUMNS = ("entity", "key", "t", "labeled_at", "label")
 # before the previous snapshot: a label or prediction transaction that began before a snapshot
 # but committed after it is still read, as long as it lasted less than this. A full reload every
 # FULL_RELOAD_SECONDS (wall clock) catches any longer one.
-REFRESH_OVERLAP_SECONDS = 5.0
+REFRESH_OVERLAP_SECONDS = 60.0
 FULL_RELOAD_SECONDS = 600.0
 
 
@@ -81,11 +81,13 @@ class LabelCache:
         self.refreshed_at: float | None = None  # worker wall clock when the snapshot began
         self.db_time: float | None = None  # Postgres clock at the snapshot (delta watermark)
         self.loaded_at = -np.inf  # wall clock of the last full load
+        self.seen: dict[str, tuple[float, float]] = {}  # transaction -> (labeled_at, label) held
 
     def replace(self, frame: pd.DataFrame, when: float | None = None) -> None:
         """New content: columns :data:`LABEL_FRAME_COLUMNS` (times in epoch seconds), plus
         ``transaction_id`` when later :meth:`merge` calls must replace changed labels."""
         built = _by_key(frame)
+        self.seen = _seen(frame)
         with self._lock:
             self._keys = built
             self._newest = float(frame["t"].max()) if len(frame) else -np.inf
@@ -95,6 +97,7 @@ class LabelCache:
         """Add the rows of ``delta`` (a changed label replaces its transaction's row) and drop
         the events older than ``horizon`` before the newest one: from the keys ``delta``
         touches, and from every key once that cutoff moved :data:`PRUNE_STEP_SECONDS`."""
+        self.seen.update(_seen(delta))
         newest = max(self._newest, float(delta["t"].max()) if len(delta) else -np.inf)
         cutoff = newest - horizon
         merged = dict(self._keys)
@@ -140,13 +143,36 @@ def _recent(entry: tuple[np.ndarray, np.ndarray], cutoff: float) -> tuple[np.nda
     return (txs, rows) if keep.all() else (txs[keep], rows[keep])
 
 
+def _seen(frame: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    if "transaction_id" not in frame or frame.empty:
+        return {}
+    values = zip(frame["labeled_at"].astype(float), frame["label"].astype(float), strict=True)
+    return dict(zip(frame["transaction_id"].astype(str), values, strict=True))
+
+
+def _changed_ids(engine: Any, cache: LabelCache, since: float) -> list[str]:
+    """Logged, labeled transactions whose label or prediction row was written after ``since``
+    (Postgres clock) and that the cache does not hold with that label: one query without the
+    JSON, each table filtered alone and the other joined by its index."""
+    query = sa.text(
+        "SELECT c.transaction_id, extract(epoch FROM l.labeled_at), l.label FROM "
+        "(SELECT transaction_id FROM labels WHERE updated_at > to_timestamp(:since) UNION "
+        "SELECT transaction_id FROM predictions WHERE written_at > to_timestamp(:since)) c "
+        "JOIN labels l ON l.transaction_id = c.transaction_id WHERE EXISTS "
+        "(SELECT 1 FROM predictions p WHERE p.transaction_id = c.transaction_id)"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"since": since}).fetchall()
+    return [tx for tx, k, y in rows if cache.seen.get(tx) != (float(k), float(y))]
+
+
 def refresh_label_cache(engine: Any, spec: BehaviorSpec, cache: LabelCache) -> int:
     """Bring ``cache`` up to the labels in Postgres now; returns the rows read.
 
     The first call (and one every :data:`FULL_RELOAD_SECONDS`) loads the horizon; the others
-    read only the labels and prediction rows
-    written since the previous snapshot (minus :data:`REFRESH_OVERLAP_SECONDS`), so a refresh
-    costs the labels that arrived, not the whole horizon (a full reload took ~3 s at 80,000
+    read only the labels and prediction rows written since the previous snapshot (minus
+    :data:`REFRESH_OVERLAP_SECONDS`) and fetch the events of those the cache does not hold yet,
+    so a refresh costs the labels that arrived, not the whole horizon (a full reload took ~3 s at 80,000
     labels under load, which made label risk staler than the stated lag). ``refreshed_at`` is
     the wall clock when the refresh began: everything committed before is in the cache."""
     began = time.time()
@@ -157,8 +183,8 @@ def refresh_label_cache(engine: Any, spec: BehaviorSpec, cache: LabelCache) -> i
         cache.replace(frame, when=began)
         cache.loaded_at = began
     else:
-        since = cache.db_time - REFRESH_OVERLAP_SECONDS
-        frame = fetch_labels(engine, spec, since=-np.inf, changed_since=since)
+        ids = _changed_ids(engine, cache, cache.db_time - REFRESH_OVERLAP_SECONDS)
+        frame = fetch_labels(engine, spec, since=-np.inf, ids=ids)
         cache.merge(frame, horizon_seconds(spec), when=began)
     cache.db_time = db_now
     logger.debug("label cache refreshed: %d rows read in %.3f s", len(frame), time.time() - began)
@@ -175,21 +201,19 @@ def _since_clause(spec: BehaviorSpec, since: float | None) -> tuple[str, dict[st
 
 
 def fetch_labels(engine: Any, spec: BehaviorSpec, since: float | None = None,
-                 changed_since: float | None = None) -> pd.DataFrame:  # fmt: skip
+                 ids: list[str] | None = None) -> pd.DataFrame:  # fmt: skip
     """Labeled logged events with event time after ``since`` (None: the horizon before the
-    newest logged event), one row per entity with label risk; with ``changed_since`` (epoch
-    seconds, Postgres clock) only those whose label or prediction row was written after it.
+    newest logged event), one row per entity with label risk; with ``ids`` only those
+    transactions.
     Columns: ``transaction_id`` and :data:`LABEL_FRAME_COLUMNS`."""
     entities = {r.entity for r in spec.label_risk}
     where, params = _since_clause(spec, since)
     pairs = "labels l JOIN predictions p ON p.transaction_id = l.transaction_id"
-    if changed_since is not None:  # each table filtered alone, the other one joined by its index
-        pairs = ("(SELECT transaction_id FROM labels WHERE updated_at > to_timestamp(:changed) "
-                 "UNION SELECT transaction_id FROM predictions "
-                 "WHERE written_at > to_timestamp(:changed)) c "
-                 "JOIN labels l ON l.transaction_id = c.transaction_id "
-                 "JOIN predictions p ON p.transaction_id = c.transaction_id")  # fmt: skip
-        params["changed"] = changed_since
+    if ids is not None:
+        if not ids:
+            return pd.DataFrame(columns=["transaction_id", *LABEL_FRAME_COLUMNS])
+        where += " AND l.transaction_id = ANY(:ids)"
+        params["ids"] = ids
     frames = []
     for name, column in spec.entities:
         if name not in entities:
