@@ -15,10 +15,10 @@ categorical inputs) plus the entity keys of its ``behavior:`` block and optional
 :class:`OnlineService` owns, per worker, the Redis client, the event store of the champion's
 spec (keys prefixed with a fingerprint of the spec, so two definitions never mix records), the
 label cache and its refresh thread, and the one-time rebuild of an empty state from Postgres.
-A refresh first reads :func:`labels_fingerprint` and keeps the cache when it has not changed
-since the last full read: with no new label, the refresh costs one aggregate query instead of
-re-reading (and re-indexing in Python) every label of the horizon, which took ~40 % of a
-worker's CPU at a 0.5 s refresh interval under load.
+A refresh reads only the labels and prediction rows written since the previous one
+(:func:`fraud_lib.features.online_labels.refresh_label_cache`): re-reading (and re-indexing in
+Python) every label of the horizon at each tick took ~40 % of a worker's CPU at a 0.5 s
+refresh interval under load, and made label risk staler than the stated lag.
 """
 
 from __future__ import annotations
@@ -35,11 +35,10 @@ from typing import Any
 
 import numpy as np
 import redis
-import sqlalchemy as sa
 
 from fraud_lib import redisserver
 from fraud_lib.features.online import Batch, OnlineFeatures
-from fraud_lib.features.online_labels import LabelCache, fetch_labels, rebuild_state
+from fraud_lib.features.online_labels import LabelCache, rebuild_state, refresh_label_cache
 from fraud_lib.features.online_store import KEY_PREFIX, RedisEventStore
 from fraud_lib.features.spec import BehaviorSpec
 from fraud_lib.input_rules import TimestampBounds, id_error
@@ -50,13 +49,6 @@ log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_SECONDS = 2.0
 REBUILD_LOCK_SECONDS = 300
-# What the label cache depends on: every label (id, value, when known) and the labels whose
-# prediction is not logged yet (they join the cache once it is).
-_LABELS_FINGERPRINT = sa.text(
-    "SELECT count(*), coalesce(sum(hashtextextended(l.transaction_id || ':' || l.label || ':' "
-    "|| extract(epoch FROM l.labeled_at)::text, 0)), 0), count(*) FILTER (WHERE NOT EXISTS "
-    "(SELECT 1 FROM predictions p WHERE p.transaction_id = l.transaction_id)) FROM labels l"
-)
 
 
 def spec_prefix(spec: BehaviorSpec) -> str:
@@ -156,15 +148,6 @@ def validate_raw(payload: Any, schema: FeatureSchema, max_batch: int,
     return out, np.asarray(times, dtype=np.float64)
 
 
-def labels_fingerprint(engine: Any) -> tuple[int, int, int]:
-    """(labels, a hash sum of their ids, values and labeled_at, labels without a logged
-    prediction): equal fingerprints, same label cache (a label added, changed or joined by
-    its prediction changes it)."""
-    with engine.connect() as conn:
-        count, digest, orphans = conn.execute(_LABELS_FINGERPRINT).one()
-    return int(count), int(digest), int(orphans)
-
-
 def raw_transaction_schema(schema: FeatureSchema) -> dict[str, Any]:
     """The JSON Schema of one raw transaction (OpenAPI, behavioral champions)."""
     spec = schema.behavior
@@ -210,7 +193,6 @@ class OnlineService:
         self.engine_fn = engine_fn
         self._client: redis.Redis | None = None
         self._computers: dict[BehaviorSpec, OnlineFeatures] = {}
-        self._label_marks: dict[BehaviorSpec, tuple[int, int, int]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -258,15 +240,9 @@ class OnlineService:
             r.delete(lock)
 
     def _refresh(self, spec: BehaviorSpec, cache: LabelCache) -> None:
-        """Re-read the labels into ``cache`` unless their fingerprint is the last read's (taken
-        before the read: a label written meanwhile changes the next fingerprint)."""
+        """Bring ``cache`` up to the labels in Postgres (only what changed since the last)."""
         try:
-            engine = self.engine_fn()
-            mark = labels_fingerprint(engine)
-            if self._label_marks.get(spec) == mark:
-                return
-            cache.replace(fetch_labels(engine, spec, since=None))
-            self._label_marks[spec] = mark
+            refresh_label_cache(self.engine_fn(), spec, cache)
         except Exception as exc:  # Postgres down: keep the last labels, retry next tick
             log.warning("label risk cache not refreshed (%s); keeping the last one", exc)
 

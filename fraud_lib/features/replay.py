@@ -7,6 +7,11 @@ run concurrently. Inside a request the rows are shuffled (the service orders the
 one row in two hundred arrives ``LATE_BATCHES`` requests late (out-of-order arrival). A label
 thread posts each label (``labeled_at`` = the simulated arrival time) through
 ``POST /v1/labels`` once every world's acknowledged transactions have passed that time.
+
+With ``seconds`` the replay is paced: event time maps linearly onto that many wall-clock
+seconds and each request waits for the moment of its first event, so the label lag (a few wall
+seconds) spans less simulated time and more label-risk cells can be compared; without it every
+request goes as fast as the service answers.
 """
 
 from __future__ import annotations
@@ -41,8 +46,12 @@ def plan_batches(world: pd.DataFrame, batch: int, rng: np.random.Generator) -> l
 class Replay:
     """Drive one replay against ``url`` (see the module docstring); :meth:`run` returns its log."""
 
-    def __init__(self, url: str, world: pd.DataFrame, batch: int, seed: int = 0) -> None:
+    def __init__(self, url: str, world: pd.DataFrame, batch: int, seed: int = 0,
+                 seconds: float | None = None) -> None:  # fmt: skip
         self.url = url
+        span = float(world["timestamp"].max() - world["timestamp"].min()) or 1.0
+        self.t0, self.pace = float(world["timestamp"].min()), (seconds or 0.0) / span
+        self.started = 0.0
         rng = np.random.default_rng(seed)
         self.plans = [plan_batches(w, batch, rng) for _, w in world.groupby("world", sort=True)]
         self.labels = world[["transaction_id", "is_fraud", "labeled_at"]].sort_values("labeled_at")
@@ -57,6 +66,8 @@ class Replay:
     def _client(self, k: int, first_request: int) -> None:
         for i, chunk in enumerate(self.plans[k]):
             body = {"transactions": chunk[list(RAW_FIELDS)].to_dict("records")}
+            due = self.started + (float(chunk["timestamp"].min()) - self.t0) * self.pace
+            time.sleep(max(0.0, due - time.time()))
             send = time.time()
             resp = requests.post(self.url + "/v1/score", json=body, timeout=TIMEOUT_SECONDS,
                                  headers={"Connection": "close"})  # fmt: skip
@@ -104,6 +115,7 @@ class Replay:
         clients = [threading.Thread(target=self._client, args=(k, int(starts[k])))
                    for k in range(len(self.plans))]  # fmt: skip
         poster = threading.Thread(target=self._poster)
+        self.started = time.time()
         for th in (*clients, poster):
             th.start()
         for th in clients:

@@ -1,11 +1,15 @@
 """Parity (issue 14, item 4): >= 100,000 generated raw transactions replayed through real
 gunicorn (2 workers), real Postgres and the session redis-server, labels arriving with their
 delay through POST /v1/labels; every logged online feature equals the offline builder's over the
-same history, except the cells inside the lag defined in fraud_lib.features.parity."""
+same history, except the cells inside the lag defined in fraud_lib.features.parity (label risk:
+reported, not yet asserted). PARITY_REPLAY_SECONDS=150 paces the replay (14 simulated days in that
+many seconds) so that the label lag, a few wall seconds, covers hours of simulated time, not days,
+and many more label-risk cells are compared (README: still open under heavy load)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,7 +31,9 @@ from serving.raw_scoring import spec_prefix
 
 SCHEMA = FeatureSchema.load(RAW_SCHEMA_PATH)
 LABEL_REFRESH_SECONDS = 0.5
-ROWS, WORLDS, DAYS, BATCH = 104_000, 4, 14, 1_000
+ROWS, WORLDS, DAYS = 104_000, 4, 14
+REPLAY_SECONDS = float(os.environ.get("PARITY_REPLAY_SECONDS", "0")) or None  # None: unpaced
+BATCH = 250 if REPLAY_SECONDS else 1_000
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +94,7 @@ def test_online_features_equal_offline_over_a_100k_replay(
     service = start_service(settings, redis_server, tmp_path)
     try:
         started = time.monotonic()
-        log = Replay(service.url, world, BATCH, seed=14).run()
+        log = Replay(service.url, world, BATCH, seed=14, seconds=REPLAY_SECONDS).run()
         replay_s = time.monotonic() - started
         wait_all_logged(pg_engine, log.rows["transaction_id"].tolist())
     finally:
@@ -99,9 +105,8 @@ def test_online_features_equal_offline_over_a_100k_replay(
     report["replay_seconds"] = round(replay_s, 1)
     print("parity:", json.dumps(report))
     assert report["parity_rows"] >= 100_000
-    # Known open problem: a few hundred label-risk cells with a 7-day delay differ outside the
-    # stated label lag (the refresh staleness is not yet bounded under load); asserted for every
-    # other feature, reported for label risk.
+    # Open: under load a few dozen label-risk cells still differ outside the stated label lag
+    # (README, parity); asserted for every other feature, reported for label risk.
     risk = {r.name for r in SCHEMA.behavior.label_risk}
     other = {c: n for c, n in report["parity_failures_by_feature"].items() if c not in risk}
     assert other == {}, report

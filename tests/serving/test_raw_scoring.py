@@ -225,9 +225,9 @@ def test_two_gunicorn_workers_share_the_state(raw_world, pg_engine, redis_server
                            for r, c in zip(rows[:5], cols[:5], strict=True)]  # fmt: skip
 
 
-def test_label_refresh_rereads_only_a_changed_label_table(raw_world, pg_engine):
-    """A refresh with no new, changed or newly joined label keeps the cache (it re-read every
-    label of the horizon at each tick: ~40 % of a worker's CPU at a 0.5 s interval)."""
+def test_the_service_label_refresh_follows_added_changed_and_joined_labels(raw_world, pg_engine):
+    """The service's refresh (incremental: only rows written since the previous one) keeps
+    the cache equal to the labels joined to their logged predictions."""
     import time
 
     from fraud_lib import store
@@ -237,11 +237,6 @@ def test_label_refresh_rereads_only_a_changed_label_table(raw_world, pg_engine):
     service = OnlineService(raw_world["settings"], lambda: pg_engine)
     cache = LabelCache()
 
-    def refreshed() -> bool:
-        before = cache._by_entity
-        service._refresh(SCHEMA.behavior, cache)
-        return cache._by_entity is not before
-
     def log_prediction(tx: str) -> None:
         raw = {"customer_id": "c", "terminal_id": "T", "amount": 1.0}
         store.insert_predictions(pg_engine, [{"prediction_id": f"p-{tx}", "transaction_id": tx,
@@ -249,17 +244,17 @@ def test_label_refresh_rereads_only_a_changed_label_table(raw_world, pg_engine):
                                               "score": 0.5}])  # fmt: skip
 
     def terminal_labels() -> list[float]:
-        return cache.history("terminal", np.array(["T"], dtype=object)).y.tolist()
+        service._refresh(SCHEMA.behavior, cache)
+        return sorted(cache.history("terminal", np.array(["T"], dtype=object)).y.tolist())
 
     log_prediction("t1")
-    assert refreshed() and not refreshed()
+    assert terminal_labels() == []
     store.upsert_labels(pg_engine, [{"transaction_id": "t1", "label": 1}])
-    assert refreshed() and terminal_labels() == [1.0]
-    assert not refreshed()
+    assert terminal_labels() == [1.0] and terminal_labels() == [1.0]
     store.upsert_labels(pg_engine, [{"transaction_id": "t1", "label": 0}])  # a changed label
-    assert refreshed() and terminal_labels() == [0.0]
+    assert terminal_labels() == [0.0]
     store.upsert_labels(pg_engine, [{"transaction_id": "t2", "label": 1}])  # not logged yet
-    assert refreshed() and terminal_labels() == [0.0] and not refreshed()
+    assert terminal_labels() == [0.0]
     log_prediction("t2")  # the label now joins its prediction
-    assert refreshed() and sorted(terminal_labels()) == [0.0, 1.0]
+    assert terminal_labels() == [0.0, 1.0]
     service.close()
