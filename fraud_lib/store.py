@@ -62,6 +62,8 @@ predictions = sa.Table(
     # (transaction_id, scored_at) serves lookups by id and "latest prediction per transaction".
     sa.Index("ix_predictions_tx_scored_at", "transaction_id", "scored_at"),
     sa.Index("ix_predictions_scored_at", "scored_at"),
+    # the label cache's refresh reads the rows written since its previous one
+    sa.Index("ix_predictions_written_at", "written_at"),
 )
 
 labels = sa.Table(
@@ -73,6 +75,7 @@ labels = sa.Table(
     sa.Column("source", sa.Text, nullable=False, server_default="api"),
     sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
     sa.CheckConstraint("label IN (0, 1)", name="ck_labels_label_01"),
+    sa.Index("ix_labels_updated_at", "updated_at"),
 )
 
 # The usual model_events.event values (any lowercase word is accepted, e.g. "dry_run").
@@ -240,6 +243,8 @@ def migrate(bind: Engine | Connection) -> None:
     with begin(bind) as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(7134001)"))
         metadata.create_all(conn, checkfirst=True)
+        for index in (*predictions.indexes, *labels.indexes):  # added to older tables
+            index.create(conn, checkfirst=True)
         kind = conn.execute(sa.text(
             "SELECT data_type FROM information_schema.columns WHERE table_schema = "
             "current_schema() AND table_name = 'predictions' AND column_name = 'features'"

@@ -64,7 +64,11 @@ def test_migrate_is_idempotent(pg_engine):
     names = set(sa.inspect(pg_engine).get_table_names())
     assert {"predictions", "labels", "model_events"} <= names
     indexes = {ix["name"] for ix in sa.inspect(pg_engine).get_indexes("predictions")}
-    assert {"ix_predictions_tx_scored_at", "ix_predictions_scored_at"} <= indexes
+    assert {"ix_predictions_tx_scored_at", "ix_predictions_scored_at",
+            "ix_predictions_written_at"} <= indexes  # fmt: skip
+    assert "ix_labels_updated_at" in {
+        ix["name"] for ix in sa.inspect(pg_engine).get_indexes("labels")
+    }
 
 
 def test_migrate_turns_an_older_jsonb_features_column_into_json(pg_engine):
@@ -90,6 +94,10 @@ def test_migrate_turns_an_older_jsonb_features_column_into_json(pg_engine):
             "AND table_name = 'predictions' AND column_name = 'features'"
         ).scalar_one()
         assert kind == "json"
+        indexes = set(conn.exec_driver_sql(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'older' AND tablename = 'predictions'"
+        ).scalars())  # fmt: skip
+        assert {"ix_predictions_written_at", "ix_predictions_tx_scored_at"} <= indexes  # added
         assert store.insert_predictions(conn, [{"prediction_id": "p1", "transaction_id": "t1",
                                                 "features": {"V1": 2.5}, "score": 0.1}]) == 1  # fmt: skip
         features = (
