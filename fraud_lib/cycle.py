@@ -37,6 +37,7 @@ from fraud_lib.errors import DataError, FraudError
 from fraud_lib.memory import releases_memory
 from fraud_lib.monitoring import dashboard, events
 from fraud_lib.schema import FeatureSchema
+from fraud_lib.threads import uses_all_cores
 from fraud_lib.window import split_window, window_digest
 from fraud_lib.window_store import WindowRef, load_window
 
@@ -93,6 +94,7 @@ def _drift_vs_champion(
 
 
 @releases_memory
+@uses_all_cores
 def check_drift(
     settings: Settings,
     window_ref: WindowRef,
@@ -198,6 +200,7 @@ def _existing_version(settings: Settings, train_key: str) -> Any | None:
 
 
 @releases_memory
+@uses_all_cores
 def train_challenger(
     settings: Settings,
     window_ref: WindowRef,
@@ -300,6 +303,7 @@ def train_challenger(
 
 # ------------------------------------------------------------------------------ gate
 @releases_memory
+@uses_all_cores
 def evaluate(
     settings: Settings,
     window_ref: WindowRef,
