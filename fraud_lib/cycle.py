@@ -37,7 +37,6 @@ from fraud_lib.errors import DataError, FraudError
 from fraud_lib.memory import releases_memory
 from fraud_lib.monitoring import dashboard, events
 from fraud_lib.schema import FeatureSchema
-from fraud_lib.threads import uses_all_cores
 from fraud_lib.window import split_window, window_digest
 from fraud_lib.window_store import WindowRef, load_window
 
@@ -94,7 +93,6 @@ def _drift_vs_champion(
 
 
 @releases_memory
-@uses_all_cores
 def check_drift(
     settings: Settings,
     window_ref: WindowRef,
@@ -200,7 +198,6 @@ def _existing_version(settings: Settings, train_key: str) -> Any | None:
 
 
 @releases_memory
-@uses_all_cores
 def train_challenger(
     settings: Settings,
     window_ref: WindowRef,
@@ -303,7 +300,6 @@ def train_challenger(
 
 # ------------------------------------------------------------------------------ gate
 @releases_memory
-@uses_all_cores
 def evaluate(
     settings: Settings,
     window_ref: WindowRef,
