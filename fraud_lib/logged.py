@@ -7,12 +7,9 @@ per key (see :func:`_window_frame`); timestamps travel as epoch microseconds.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import re
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -62,40 +59,6 @@ BY_EVENT_ID = f"p.event_time NULLS LAST, {_ID}"
 FETCH_ROWS = 50_000
 
 
-def _batches(
-    raw: psycopg.Connection, query: sql.Composable, params: dict[str, Any]
-) -> Iterator[list[tuple[Any, ...]]]:
-    """The rows of ``query`` through a server-side cursor, :data:`FETCH_ROWS` at a time,
-    fetched by a helper thread one batch ahead: Postgres computes and sends the next batch
-    while the caller decodes this one (the connection is the helper's until it ends)."""
-    ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def fetch() -> None:
-        try:
-            with raw.cursor(name="fraudloop_window", binary=True) as named:
-                named.execute(query, params)
-                while not stop.is_set() and (batch := named.fetchmany(FETCH_ROWS)):
-                    ahead.put(batch)
-            ahead.put(None)
-        except BaseException as exc:  # handed to the caller, raised there
-            ahead.put(exc)
-
-    helper = threading.Thread(target=fetch, name="fraudloop-window-fetch", daemon=True)
-    helper.start()
-    try:
-        while (item := ahead.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while helper.is_alive():  # never leave it blocked on a full queue
-            with contextlib.suppress(queue.Empty):
-                ahead.get(timeout=0.05)
-        helper.join()
-
-
 def _fetch_frame(
     raw: psycopg.Connection,
     query: sql.Composable,
@@ -111,17 +74,19 @@ def _fetch_frame(
     ~1.5 GB per million rows, and per-batch frames their size again at the concat). Given
     ``features``, each row has one more value, its features JSON text, decoded into it."""
     columns: dict[str, list[Any]] = {name: [] for name in names}
-    for batch in _batches(raw, query, params):
-        values_of = list(zip(*batch, strict=True))
-        del batch
-        if features is not None:
-            features.add(values_of.pop())
-        for name, values in zip(names, values_of, strict=True):
-            if name in floats:
-                columns[name].append(np.array(values, dtype=np.float64))
-            else:
-                columns[name].extend(values)
-        del values_of
+    with raw.cursor(name="fraudloop_window", binary=True) as named:
+        named.execute(query, params)
+        while batch := named.fetchmany(FETCH_ROWS):
+            values_of = list(zip(*batch, strict=True))
+            del batch
+            if features is not None:
+                features.add(values_of.pop())
+            for name, values in zip(names, values_of, strict=True):
+                if name in floats:
+                    columns[name].append(np.array(values, dtype=np.float64))
+                else:
+                    columns[name].extend(values)
+            del values_of
     data = {
         name: (np.concatenate(values) if values else np.empty(0)) if name in floats else values
         for name, values in columns.items()
