@@ -1,8 +1,8 @@
 """Windows of the prediction log read back from Postgres as DataFrames: labeled predictions
 for training, evaluation and drift checks, recent ones for the score monitor.
 
-The features JSON of every row is expanded server side into one column per key (see
-:func:`_window_frame`); timestamps travel as epoch microseconds.
+The features JSON of every row travels as text and is decoded client side into one column
+per key (see :func:`_window_frame`); timestamps travel as epoch microseconds.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from psycopg import sql
 from sqlalchemy.engine import Connection, Engine
 
 from fraud_lib.input_rules import TimestampBounds
+from fraud_lib.logged_json import FeatureColumns, NotNumeric
 from fraud_lib.store import BASE_COLUMNS, begin
 
 log = logging.getLogger(__name__)
@@ -63,27 +65,101 @@ def _fetch_frame(
     params: dict[str, Any],
     names: list[str],
     floats: set[str],
+    features: FeatureColumns | None = None,
 ) -> pd.DataFrame:
     """The rows of ``query`` through a server-side cursor, :data:`FETCH_ROWS` at a time. Each
     batch is decoded at once into columns: the ``floats`` columns into float64 arrays (NULL is
     NaN), the others into one list per column; so only one batch of Python tuples is ever
     alive and no per-batch frame is made and concatenated (the whole window as tuples took
-    ~1.5 GB per million rows, and per-batch frames their size again at the concat)."""
+    ~1.5 GB per million rows, and per-batch frames their size again at the concat). Given
+    ``features``, each row has one more value, its features JSON text, decoded into it."""
     columns: dict[str, list[Any]] = {name: [] for name in names}
     with raw.cursor(name="fraudloop_window", binary=True) as named:
         named.execute(query, params)
         while batch := named.fetchmany(FETCH_ROWS):
-            for name, values in zip(names, zip(*batch, strict=True), strict=True):
+            values_of = list(zip(*batch, strict=True))
+            del batch
+            if features is not None:
+                features.add(values_of.pop())
+            for name, values in zip(names, values_of, strict=True):
                 if name in floats:
                     columns[name].append(np.array(values, dtype=np.float64))
                 else:
                     columns[name].extend(values)
-            del batch
+            del values_of
     data = {
         name: (np.concatenate(values) if values else np.empty(0)) if name in floats else values
         for name, values in columns.items()
     }
     return pd.DataFrame(data, columns=names)
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One window read: the selection of prediction ids, its parameters, the store columns
+    wanted (SQL expressions and names), the joins and the ``ORDER BY`` list."""
+
+    selection: sql.Composable
+    params: dict[str, Any]
+    base: list[str]
+    wanted: list[str]
+    cols: list[sql.Composable]
+    joins: list[sql.Composable]
+    order: str
+
+    def query(
+        self, extra: Sequence[sql.Composable] = (), lateral: sql.Composable | None = None
+    ) -> sql.Composed:
+        """The window query, with ``extra`` select items and a ``lateral`` join."""
+        return sql.SQL("WITH sel AS ({}) SELECT {} FROM sel {} WHERE {} ORDER BY {}").format(
+            self.selection,
+            sql.SQL(", ").join([*self.cols, *extra]),
+            sql.SQL(" ").join([*self.joins, lateral] if lateral else self.joins),
+            sql.SQL(_WINDOW),
+            sql.SQL(self.order),
+        )
+
+
+def _client_expanded(raw: psycopg.Connection, read: _Read) -> pd.DataFrame:
+    """The window with the features JSON sent as text and decoded by
+    :class:`~fraud_lib.logged_json.FeatureColumns` (:class:`NotNumeric` if it cannot)."""
+    features = FeatureColumns()
+    query = read.query([sql.SQL("p.features::text")])
+    frame = _fetch_frame(raw, query, read.params, read.wanted, set(_FLOATS), features)
+    keys = sorted((k for k in features.names() if k not in read.base), key=_natural)
+    extra = pd.DataFrame({k: features.take(k) for k in keys}, index=frame.index)
+    return pd.concat([frame, extra], axis=1) if keys else frame
+
+
+def _server_expanded(cur: psycopg.Cursor, raw: psycopg.Connection, read: _Read) -> pd.DataFrame:
+    """The window with the features JSON expanded by Postgres: the keys (and whether their
+    values are all numbers) come from a sample of the window, then ``json_to_record`` returns
+    them as float8 or text columns (a text value the sample missed: every row is looked at)."""
+    full_scan = sql.SQL(_KINDS).format(
+        sql.SQL("SELECT p.features FROM ({}) sel {} WHERE {} OFFSET 0").format(
+            read.selection, read.joins[0], sql.SQL(_WINDOW)
+        )
+    )
+    for discovery in (_SAMPLE, full_scan):
+        kinds = cur.execute(discovery, read.params).fetchall()
+        keys = sorted((k for k in kinds if k[0] not in read.base), key=lambda k: _natural(k[0]))
+        record = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL("float8" if num else "text"))
+            for k, num in keys
+        )
+        lateral = sql.SQL("CROSS JOIN LATERAL json_to_record(p.features) AS x({})")
+        query = read.query(
+            [sql.SQL("x.*")] if keys else [], lateral.format(record) if keys else None
+        )
+        floats = _FLOATS | {k for k, num in keys if num}
+        cur.execute("SAVEPOINT window_frame")
+        try:
+            return _fetch_frame(raw, query, read.params, read.wanted + [k for k, _ in keys], floats)
+        except psycopg.errors.InvalidTextRepresentation:
+            cur.execute("ROLLBACK TO SAVEPOINT window_frame")
+            if discovery is full_scan:
+                raise
+    raise AssertionError("unreachable: the full scan returns or raises")
 
 
 def _window_frame(
@@ -99,22 +175,21 @@ def _window_frame(
     sorted by ``order`` (an SQL ``ORDER BY`` list over ``p``: Postgres sorts, not pandas), with
     only the ``columns`` of the store's own (default: all) and every features key.
 
-    The features JSON is expanded server side: the keys (and whether their values are all
-    numbers) come from a sample of the window, then ``json_to_record`` returns them as float8
-    or text columns over the binary protocol: ~3x faster than parsing 300k JSON documents in
-    Python. Timestamps travel as epoch microseconds.
+    The features JSON travels as text and is decoded client side into float64 columns
+    (:mod:`fraud_lib.logged_json`); a window with any non-numeric value is read again with the
+    features expanded by Postgres (:func:`_server_expanded`). Timestamps travel as epoch
+    microseconds.
     """
     base = list(BASE_COLUMNS) + (["label", "labeled_at"] if labeled else [])
     wanted = [c for c in base if columns is None or c in columns]
-    cols = [sql.SQL(_MICROS.format(_SOURCE[c]) if c in _TIMES else _SOURCE[c]) for c in wanted]
     joins = [sql.SQL("JOIN predictions p USING (prediction_id)")]
     if labeled:
         joins.append(sql.SQL("JOIN labels l ON l.transaction_id = p.transaction_id"))
-    full_scan = sql.SQL(_KINDS).format(
-        sql.SQL("SELECT p.features FROM ({}) sel {} WHERE {} OFFSET 0").format(
-            selection, joins[0], sql.SQL(_WINDOW)
-        )
-    )
+    read = _Read(
+        selection, params, base, wanted,
+        [sql.SQL(_MICROS.format(_SOURCE[c]) if c in _TIMES else _SOURCE[c]) for c in wanted],
+        joins, order,
+    )  # fmt: skip
     raw = conn.connection.driver_connection
     with raw.cursor(binary=True) as cur:
         # JIT compilation costs more than it saves here; sorts of 300k ids fit in 64MB. No
@@ -124,31 +199,11 @@ def _window_frame(
         cur.execute("SET LOCAL jit = off")
         cur.execute("SET LOCAL enable_nestloop = off")
         cur.execute("SET LOCAL work_mem = '64MB'")
-        for discovery in (_SAMPLE, full_scan):
-            kinds = cur.execute(discovery, params).fetchall()
-            keys = sorted((k for k in kinds if k[0] not in base), key=lambda k: _natural(k[0]))
-            record = sql.SQL(", ").join(
-                sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL("float8" if num else "text"))
-                for k, num in keys
-            )
-            lateral = sql.SQL("CROSS JOIN LATERAL json_to_record(p.features) AS x({})")
-            query = sql.SQL("WITH sel AS ({}) SELECT {} FROM sel {} WHERE {} ORDER BY {}").format(
-                selection,
-                sql.SQL(", ").join([*cols, sql.SQL("x.*")] if keys else cols),
-                sql.SQL(" ").join([*joins, lateral.format(record)] if keys else joins),
-                sql.SQL(_WINDOW),
-                sql.SQL(order),
-            )
-            floats = _FLOATS | {k for k, num in keys if num}
-            cur.execute("SAVEPOINT window_frame")
-            try:
-                frame = _fetch_frame(raw, query, params, wanted + [k for k, _ in keys], floats)
-                break
-            except psycopg.errors.InvalidTextRepresentation:
-                # a text value in a column the sample saw as numeric: look at every row
-                cur.execute("ROLLBACK TO SAVEPOINT window_frame")
-                if discovery is full_scan:
-                    raise
+        try:
+            frame = _client_expanded(raw, read)
+        except NotNumeric as exc:
+            log.info("features JSON not all numbers (%s): Postgres expands it instead", exc)
+            frame = _server_expanded(cur, raw, read)
     for col in ("scored_at", "labeled_at"):
         if col in frame:
             frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="us", utc=True)

@@ -4,6 +4,7 @@ all NULL in some batch and the text fallback."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pandas as pd
@@ -72,3 +73,41 @@ def test_columns_keep_only_the_named_store_columns_and_every_feature(pg_engine):
     )
     assert list(df.columns) == ["transaction_id", "label", *_window(pg_engine).columns[12:]]
     assert df["label"].dtype == "int8" and df["V1"].dtype == "float64"
+
+
+def _server_side(*_args, **_kwargs):
+    raise logged.NotNumeric("forced: expand in Postgres")
+
+
+def test_client_decoding_gives_the_frame_postgres_expansion_gives(pg_engine, monkeypatch, caplog):
+    """The features JSON decoded client side (pyarrow) equals the server-side expansion on
+    numeric documents: integers, nulls, subnormals, big integers, a key first seen in a later
+    batch, a key named like a store column (dropped)."""
+    rows = many(30)
+    rows[0]["features"] |= {"V1": -5e-324, "V2": 2, "V3": None, "score": 9.0}
+    rows[1]["features"]["V4"] = 12345678901234567
+    rows[25]["features"]["late"] = 1.5  # only in the last batch of 10
+    store.insert_predictions(pg_engine, rows)
+    label_all(pg_engine, rows)
+    monkeypatch.setattr(logged, "FETCH_ROWS", 10)
+    with caplog.at_level(logging.INFO, logger="fraud_lib.logged"):
+        client = _window(pg_engine)
+    assert "Postgres expands" not in caplog.text  # decoded client side
+    monkeypatch.setattr(logged.FeatureColumns, "add", _server_side)
+    server = _window(pg_engine)
+    pd.testing.assert_frame_equal(client, server)
+    assert client["late"].notna().sum() == 1 and client["V1"].iloc[0] == -5e-324
+
+
+def test_a_document_with_a_raw_newline_falls_back_to_postgres(pg_engine):
+    rows = many(3)
+    store.insert_predictions(pg_engine, rows)
+    with pg_engine.begin() as conn:  # a stored row written by hand: whitespace is a newline
+        conn.exec_driver_sql(
+            'UPDATE predictions SET features = \'{"V1":\n 2.5, "flag": true}\' '
+            "WHERE transaction_id = 'tx1'"
+        )
+    label_all(pg_engine, rows)
+    df = _window(pg_engine)
+    assert df.loc[df["transaction_id"] == "tx1", "V1"].item() == 2.5
+    assert df.loc[df["transaction_id"] == "tx1", "flag"].item() == "true"
