@@ -396,13 +396,14 @@ def prediction_count(bind: Engine | Connection) -> int:
 
 
 def count_predictions_by_ids(bind: Engine | Connection, ids: Iterable[str]) -> int:
-    """How many of ``ids`` (prediction ids) are stored."""
-    ids = [str(i) for i in ids]
+    """How many of ``ids`` (prediction ids) are stored; any number of ids (one array
+    parameter: an IN list stops at Postgres' 65,535 parameters)."""
+    ids = list(dict.fromkeys(str(i) for i in ids))
     if not ids:
         return 0
     with begin(bind) as conn:
-        query = sa.select(sa.func.count()).where(predictions.c.prediction_id.in_(ids))
-        return int(conn.execute(query).scalar_one())
+        query = sa.text("SELECT count(*) FROM predictions WHERE prediction_id = ANY(:ids)")
+        return int(conn.execute(query, {"ids": ids}).scalar_one())
 
 
 # ---------------------------------------------------------------------------- labels

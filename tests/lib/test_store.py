@@ -124,6 +124,9 @@ def test_insert_is_idempotent_on_prediction_id(pg_engine):
     assert store.prediction_count(pg_engine) == 1000
     ids = [r["prediction_id"] for r in rows[:10]] + ["not-there"]
     assert store.count_predictions_by_ids(pg_engine, ids) == 10
+    # regression: an IN list of more than 65,535 ids failed (the serving bench's outage phase)
+    many_ids = [r["prediction_id"] for r in rows] + [f"absent-{i}" for i in range(70_000)]
+    assert store.count_predictions_by_ids(pg_engine, many_ids) == 1000
 
 
 def test_duplicates_inside_one_batch_are_stored_once(pg_engine):
