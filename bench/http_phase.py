@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -218,4 +219,5 @@ def http(seed: int, say, duration: float = 10.0, parity_rows: int = 20_000) -> d
     finally:
         rs.stop()
         pg.stop(mode="immediate")
+        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -13,6 +13,7 @@ in-process (no HTTP: gunicorn figures are not measured yet).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -123,4 +124,5 @@ def online(seed: int, say) -> dict[str, float]:
     finally:
         rs.stop()
         pg.stop(mode="immediate")
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
