@@ -324,10 +324,9 @@ def retrain(
 )
 @click.option(
     "--history-days",
-    default=28,
-    show_default=True,
+    default=None,
     type=click.IntRange(7, 365),
-    help="Days of history the first champion is trained on.",
+    help="Days of history the first champion is trained on [default: 28 for ulb, 21 for raw].",
 )
 @click.option("--seed", default=7, show_default=True, type=int)
 @click.pass_context
@@ -364,7 +363,9 @@ def demo(
     if kind == "raw":
         from fraud_lib import demo_raw
 
-        raw_options = demo_raw.RawDemoOptions(history_days=history_days, seed=seed)
+        raw_options = demo_raw.RawDemoOptions(seed=seed)
+        if history_days:
+            raw_options.history_days = history_days
         if rows_per_day:
             raw_options.rows_per_day = rows_per_day
         raw_report = demo_raw.run_raw_demo(settings, raw_options, say, reset=reset)
@@ -372,7 +373,8 @@ def demo(
         return
     if rows_per_day is not None and rows_per_day < 1000:
         raise click.BadParameter("at least 1000 for --kind ulb", param_hint="--rows-per-day")
-    options = demo_lib.DemoOptions(rows_per_day=rows_per_day or 6000, history_days=history_days,
+    options = demo_lib.DemoOptions(rows_per_day=rows_per_day or 6000,
+                                   history_days=history_days or 28,
                                    seed=seed)  # fmt: skip
     report = demo_lib.run_demo(settings, options, say, reset=reset)
     demo_lib.print_summary(report, settings, click.echo)
