@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from fraud_lib import pgserver, redisserver, store
 from fraud_lib.config import Settings
+from tests.local_settings import local_settings
 
 
 def stop_by_pid(server: pgserver.EmbeddedPostgres, timeout: float = 30) -> None:
@@ -104,12 +105,4 @@ def redis_server(pg_base_dir: Path) -> Iterator[redisserver.EmbeddedRedis]:
 @pytest.fixture()
 def settings(tmp_path: Path, pg_url: str) -> Settings:
     """Settings on the session's Postgres with per-test directories; no FRAUD_* from the shell."""
-    return Settings.from_env(
-        {},
-        state_dir=tmp_path / "state",
-        database_url=pg_url,
-        mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-        mlflow_artifact_dir=tmp_path / "mlartifacts",
-        reports_dir=tmp_path / "reports",
-        spool_dir=tmp_path / "spool",
-    )
+    return local_settings(tmp_path, pg_url)

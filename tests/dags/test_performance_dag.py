@@ -30,6 +30,7 @@ from fraud_lib.schema import FeatureSchema
 from fraud_lib.train import train_model
 from tests.alert_receivers import webhook  # noqa: F401 - fixture used by name
 from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
+from tests.local_settings import local_settings
 
 pytestmark = [pytest.mark.slow, *AIRFLOW_WARNING_FILTERS]
 
@@ -50,14 +51,9 @@ def world(tmp_path_factory, pg_url: str, airflow_db: Path) -> Settings:
             "TRUNCATE predictions, labels, model_events, performance_cohorts RESTART IDENTITY"
         )
     tmp = tmp_path_factory.mktemp("performance")
-    settings = Settings.from_env(
-        {},
-        state_dir=tmp / "state",
-        database_url=pg_url,
-        mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db",
-        mlflow_artifact_dir=tmp / "mlartifacts",
-        reports_dir=tmp / "reports",
-        spool_dir=tmp / "spool",
+    settings = local_settings(
+        tmp,
+        pg_url,
         model_name="fraud-performance",
     )
     history = SCHEMA.validate_frame(

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from fraud_lib import store
-from fraud_lib.config import Settings
 from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
 from tests.lib.test_store import many
+from tests.local_settings import local_settings
 
 pytestmark = [pytest.mark.slow, *AIRFLOW_WARNING_FILTERS]
 
@@ -38,15 +38,7 @@ def test_a_stored_1600_label_does_not_stop_the_retrain(
             ),
             {"tx": rows[4]["transaction_id"]},
         )
-    settings = Settings.from_env(
-        {},
-        state_dir=tmp_path / "state",
-        database_url=pg_url,
-        mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-        mlflow_artifact_dir=tmp_path / "mlartifacts",
-        reports_dir=tmp_path / "reports",
-        spool_dir=tmp_path / "spool",
-    )
+    settings = local_settings(tmp_path, pg_url)
     for key, value in settings_env(settings).items():
         monkeypatch.setenv(key, value)
     dag = DagBag(dag_folder=str(DAGS_FOLDER / "fraud_retrain.py")).dags["fraud_retrain"]

@@ -35,6 +35,7 @@ from fraud_lib.window_store import WindowRef, load_window
 from tests.alert_receivers import webhook  # noqa: F401 - fixture used by name
 from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
 from tests.lib.drift_html import assert_report_agrees
+from tests.local_settings import local_settings
 
 pytestmark = [pytest.mark.slow, *AIRFLOW_WARNING_FILTERS]
 
@@ -52,14 +53,9 @@ class World:
 
 
 def _world_settings(tmp: Path, pg_url: str, name: str, **overrides: Any) -> Settings:
-    return Settings.from_env(
-        {},
-        state_dir=tmp / "state",
-        database_url=pg_url,
-        mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db",
-        mlflow_artifact_dir=tmp / "mlartifacts",
-        reports_dir=tmp / "reports",
-        spool_dir=tmp / "spool",
+    return local_settings(
+        tmp,
+        pg_url,
         model_name=f"fraud-{name}",
         scoring_url="http://127.0.0.1:9",  # nothing listens: the reload hint fails softly
         min_labeled_rows=5000,

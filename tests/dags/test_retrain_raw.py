@@ -36,6 +36,7 @@ from serving.app import create_app
 from serving.raw_scoring import spec_prefix
 from tests.dags.helpers import AIRFLOW_WARNING_FILTERS
 from tests.dags.test_retrain_dag import World, _run, _xcom
+from tests.local_settings import local_settings
 
 pytestmark = [pytest.mark.slow, *AIRFLOW_WARNING_FILTERS]
 
@@ -116,14 +117,9 @@ def raw_loop(tmp_path_factory, pg_url, redis_server, airflow_db):
         client.delete(key)
     client.close()
     port = pgserver.free_port()
-    settings = Settings.from_env(
-        {},
-        state_dir=tmp / "state",
-        database_url=pg_url,
-        mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db",
-        mlflow_artifact_dir=tmp / "mlartifacts",
-        reports_dir=tmp / "reports",
-        spool_dir=tmp / "spool",
+    settings = local_settings(
+        tmp,
+        pg_url,
         model_name="fraud-raw-loop",
         schema_path=str(RAW_SCHEMA_PATH),
         redis_url=redis_server.url,
