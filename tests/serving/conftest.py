@@ -117,10 +117,16 @@ def serving_settings(model_store, pg_engine, tmp_path) -> Settings:
 @pytest.fixture()
 def make_app(serving_settings) -> Iterator[Any]:
     """Factory: ``make_app(**settings_overrides)`` -> a started app, closed after the test."""
+    yield from app_factory(serving_settings)
+
+
+def app_factory(settings: Any) -> Iterator[Any]:
+    """The body of an app-factory fixture: yields ``build(**overrides)``, which starts an app on
+    ``settings`` with the overrides; every app built is closed after the test."""
     apps = []
 
     def build(**overrides: Any) -> Any:
-        app = create_app(replace(serving_settings, **overrides))
+        app = create_app(replace(settings, **overrides))
         apps.append(app)
         return app
 

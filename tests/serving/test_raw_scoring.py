@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import set_champion, store_settings, wait_logged
+from conftest import app_factory, set_champion, store_settings, wait_logged
 
 from fraud_lib import registry
 from fraud_lib.features.offline import build_features
@@ -19,7 +19,6 @@ from fraud_lib.features.raw_data import generate_raw
 from fraud_lib.features.raw_table import RAW_SCHEMA_PATH, enrich
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.train import train_model
-from serving.app import create_app
 from serving.raw_scoring import spec_prefix
 
 SCHEMA = FeatureSchema.load(RAW_SCHEMA_PATH)
@@ -61,17 +60,7 @@ def _behavioral_champion(raw_world, redis_server, tmp_path) -> Any:
 @pytest.fixture()
 def raw_app(raw_world, pg_engine, redis_server, tmp_path):
     """An app whose champion is the behavioral version, on an empty online state."""
-    settings = _behavioral_champion(raw_world, redis_server, tmp_path)
-    apps = []
-
-    def build(**overrides: Any):
-        app = create_app(replace(settings, **overrides))
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        app.extensions["fraudloop"].close(timeout=5)
+    yield from app_factory(_behavioral_champion(raw_world, redis_server, tmp_path))
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
