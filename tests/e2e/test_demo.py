@@ -41,11 +41,9 @@ def _run_demo(argv: list[str], env: dict[str, str], cwd: Path, timeout: float) -
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def test_demo_promotes_after_drift_and_the_service_hot_reloads(pg_base_dir: Path) -> None:
-    """The whole story, with the performance monitor and the alerts after the new pattern."""
-    home = pg_base_dir / "demo"  # reachable by the postgres OS user when we are root
-    home.mkdir()
-    port, redis_port = pgserver.free_port(), pgserver.free_port()
+def demo_env(home: Path, port: int, redis_port: int, **extra: str) -> dict[str, str]:
+    """The demo's environment: this process's without FRAUD_/AIRFLOW/MLFLOW variables, every
+    state directory under ``home``, the embedded Postgres and redis-server on the given ports."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "AIRFLOW", "MLFLOW"))}
     env.update(
         FRAUD_STATE_DIR=str(home / "state"),
@@ -54,7 +52,17 @@ def test_demo_promotes_after_drift_and_the_service_hot_reloads(pg_base_dir: Path
         FRAUD_REPORTS_DIR=str(home / "reports"),
         AIRFLOW_HOME=str(home / "airflow"),
         AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+        **extra,
     )
+    return env
+
+
+def test_demo_promotes_after_drift_and_the_service_hot_reloads(pg_base_dir: Path) -> None:
+    """The whole story, with the performance monitor and the alerts after the new pattern."""
+    home = pg_base_dir / "demo"  # reachable by the postgres OS user when we are root
+    home.mkdir()
+    port, redis_port = pgserver.free_port(), pgserver.free_port()
+    env = demo_env(home, port, redis_port)
     fraud = str(Path(sys.executable).with_name("fraud"))
     # The demo starts the embedded Postgres on `port`; it is stopped by its pid at the end.
     server = pgserver.EmbeddedPostgres(home / "state" / "postgres", port)

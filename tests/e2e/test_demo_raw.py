@@ -5,7 +5,6 @@ dir (the demo starts its own embedded Postgres there; the test stops it and redi
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import sqlalchemy as sa
 from fraud_lib import pgserver, store
 from fraud_lib.redisserver import EmbeddedRedis
 from tests.conftest import stop_by_pid
-from tests.e2e.test_demo import REPO, _run_demo
+from tests.e2e.test_demo import _run_demo, demo_env
 
 pytestmark = pytest.mark.slow
 
@@ -26,16 +25,7 @@ def test_raw_demo_compares_with_the_baseline_and_closes_the_loop(pg_base_dir: Pa
     home = pg_base_dir / "demo-raw"  # reachable by the postgres OS user when we are root
     home.mkdir()
     port, redis_port = pgserver.free_port(), pgserver.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "AIRFLOW", "MLFLOW"))}
-    env.update(
-        FRAUD_STATE_DIR=str(home / "state"),
-        FRAUD_PG_PORT=str(port),
-        FRAUD_REDIS_PORT=str(redis_port),
-        FRAUD_REPORTS_DIR=str(home / "reports"),
-        FRAUD_MIN_LABELED_ROWS="2000",
-        AIRFLOW_HOME=str(home / "airflow"),
-        AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
-    )
+    env = demo_env(home, port, redis_port, FRAUD_MIN_LABELED_ROWS="2000")
     fraud = str(Path(sys.executable).with_name("fraud"))
     argv = [fraud, "demo", "--kind", "raw", "--reset", "--rows-per-day", str(ROWS_PER_DAY),
             "--history-days", str(HISTORY_DAYS)]  # fmt: skip
