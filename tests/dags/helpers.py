@@ -4,6 +4,7 @@ up once, in conftest.py, before Airflow is imported)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,3 +44,27 @@ ENV_NAMES = {
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment under which ``Settings.from_env()`` rebuilds ``settings``' fields above."""
     return {env: str(getattr(settings, field)) for field, env in ENV_NAMES.items()}
+
+
+def xcom(run: Any, task_id: str) -> Any:
+    """The return value a task of ``run`` (a ``dag.test()`` DagRun) pushed, or None."""
+    from airflow import settings as airflow_settings
+    from airflow.models.xcom import XComModel
+
+    with airflow_settings.Session() as session:
+        query = XComModel.get_many(
+            run_id=run.run_id, dag_ids=run.dag_id, task_ids=task_id, key="return_value"
+        )
+        row = session.scalars(query).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def asset_events(run: Any) -> list[Any]:
+    """The asset events the tasks of ``run`` emitted (Airflow ``AssetEvent`` rows)."""
+    from airflow import settings as airflow_settings
+    from airflow.models.asset import AssetEvent
+    from sqlalchemy import select
+
+    with airflow_settings.Session() as session:
+        query = select(AssetEvent).where(AssetEvent.source_run_id == run.run_id)
+        return list(session.scalars(query))

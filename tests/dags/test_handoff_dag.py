@@ -24,7 +24,12 @@ from fraud_lib.config import Settings
 from fraud_lib.data import generate
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.window_store import WindowRef, load_window
-from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
+from tests.dags.helpers import (
+    AIRFLOW_WARNING_FILTERS,
+    DAGS_FOLDER,
+    settings_env,
+    xcom,
+)
 from tests.mlflow_server import mlflow_server  # noqa: F401 - fixture used by name
 
 pytestmark = [pytest.mark.slow, *AIRFLOW_WARNING_FILTERS]
@@ -100,17 +105,6 @@ def world(tmp_path, pg_url, airflow_db, mlflow_server) -> Settings:  # noqa: F81
     )
 
 
-def _xcom(run, task_id: str):
-    from airflow import settings as airflow_settings
-    from airflow.models.xcom import XComModel
-
-    with airflow_settings.Session() as session:
-        query = XComModel.get_many(
-            run_id=run.run_id, dag_ids=run.dag_id, task_ids=task_id, key="return_value"
-        )
-        return XComModel.deserialize_value(session.scalars(query).first())
-
-
 def test_every_task_on_its_own_disk_hands_off_through_the_mlflow_server(
     monkeypatch, tmp_path, world
 ):
@@ -141,7 +135,7 @@ def test_every_task_on_its_own_disk_hands_off_through_the_mlflow_server(
     }
     assert set(listener.dirs) == set(states)  # every task ran in a directory of its own
 
-    ref = WindowRef.from_dict(_xcom(run, "ingest_labeled")["ref"])
+    ref = WindowRef.from_dict(xcom(run, "ingest_labeled")["ref"])
     assert ref.uri.startswith("runs:/") and ref.rows > 5000
     window = load_window(world, ref, SCHEMA)
     assert len(window) == ref.rows
@@ -152,7 +146,7 @@ def test_every_task_on_its_own_disk_hands_off_through_the_mlflow_server(
     assert list((tmp_path / "workers").rglob("*.parquet")) == []
     assert not (tmp_path / "lead").exists()
 
-    drift = _xcom(run, "check_drift")
+    drift = xcom(run, "check_drift")
     assert "html_path" not in drift
     assert drift["report_uri"] == registry.runs_uri(
         ref.run_id, f"drift/fraud_retrain__{ref.artifact_path.split('/')[-1][:-8]}.html"
@@ -164,8 +158,8 @@ def test_every_task_on_its_own_disk_hands_off_through_the_mlflow_server(
     # the local copy stays on check_drift's own disk, where nobody else reads it
     assert list((listener.dirs["check_drift"] / "reports_dir").glob("*.html"))
 
-    challenger = _xcom(run, "train_challenger")
+    challenger = xcom(run, "train_challenger")
     version = c.get_model_version(world.model_name, challenger["version"])
     assert c.get_run(version.run_id).data.params["data_ref"] == ref.uri
-    assert _xcom(run, "promote")["event"] == "promoted"
+    assert xcom(run, "promote")["event"] == "promoted"
     assert registry.alias_version(world) == challenger["version"]

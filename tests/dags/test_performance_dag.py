@@ -29,7 +29,13 @@ from fraud_lib.monitoring import cohorts as cohorts_lib
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.train import train_model
 from tests.alert_receivers import webhook  # noqa: F401 - fixture used by name
-from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
+from tests.dags.helpers import (
+    AIRFLOW_WARNING_FILTERS,
+    DAGS_FOLDER,
+    asset_events,
+    settings_env,
+    xcom,
+)
 from tests.local_settings import local_settings
 
 pytestmark = [pytest.mark.slow, *AIRFLOW_WARNING_FILTERS]
@@ -120,28 +126,6 @@ def _run(monkeypatch, settings: Settings, as_of: datetime, conf: dict[str, Any] 
     return run, {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
-def _xcom(run, task_id: str) -> Any:
-    from airflow import settings as airflow_settings
-    from airflow.models.xcom import XComModel
-
-    with airflow_settings.Session() as session:
-        query = XComModel.get_many(
-            run_id=run.run_id, dag_ids=run.dag_id, task_ids=task_id, key="return_value"
-        )
-        row = session.scalars(query).first()
-        return None if row is None else XComModel.deserialize_value(row)
-
-
-def _asset_events(run) -> list[Any]:
-    from airflow import settings as airflow_settings
-    from airflow.models.asset import AssetEvent
-    from sqlalchemy import select
-
-    with airflow_settings.Session() as session:
-        query = select(AssetEvent).where(AssetEvent.source_run_id == run.run_id)
-        return list(session.scalars(query))
-
-
 def _stored(settings: Settings, as_of: datetime) -> list[dict[str, Any]]:
     return cohorts_lib.stored_cohorts(store.make_engine(settings.database_url), as_of)
 
@@ -150,7 +134,7 @@ def test_young_cohorts_stay_provisional_and_no_drop_emits_nothing(monkeypatch, w
     as_of = START + timedelta(days=NEW_PATTERN_FROM)  # before the new pattern
     run, states = _run(monkeypatch, world, as_of)
     assert states == {"measure_cohorts": "success", "emit_performance_event": "skipped"}
-    summary = _xcom(run, "measure_cohorts")
+    summary = xcom(run, "measure_cohorts")
     decision = summary["decision"]
     assert decision["drop_detected"] is False and decision["recent"] > 0.75
     assert decision["references"]["first_mature"] is None  # first and latest days overlap
@@ -161,14 +145,26 @@ def test_young_cohorts_stay_provisional_and_no_drop_emits_nothing(monkeypatch, w
     assert all(rows[d]["label_coverage"] == 1.0 for d in sorted(rows)[:4])
     assert 0.65 < rows["2025-09-05"]["label_coverage"] < 0.85
     assert 0.15 < rows["2025-09-06"]["label_coverage"] < 0.35
-    assert _asset_events(run) == []
+    assert asset_events(run) == []
 
 
 def _unpause(dag_id: str) -> None:
+    """Unpause ``dag_id``, first writing the DAG folder's DAGs to the metadata DB if it is not
+    there (``dag.test()`` writes them, but only an earlier test of the session ran one)."""
     from airflow import settings as airflow_settings
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
     from airflow.models.dag import DagModel
 
     with airflow_settings.Session() as session:
+        if session.get(DagModel, dag_id) is None:
+            manager = DagBundlesManager()
+            manager.sync_bundles_to_db(session=session)
+            session.commit()
+            for bundle in manager.get_all_dag_bundles():
+                bundle.initialize()
+                bag = BundleDagBag(bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
+                sync_bag_to_db(bag, bundle.name, bundle.version)
         session.get(DagModel, dag_id).is_paused = False
         session.commit()
 
@@ -197,17 +193,17 @@ def test_a_drop_emits_the_asset_and_starts_fraud_retrain(monkeypatch, world, web
     from airflow.utils.types import DagRunType
     from sqlalchemy import select
 
-    _unpause("fraud_retrain")  # dag.test() wrote every DAG of the folder, paused
+    _unpause("fraud_retrain")
     monkeypatch.setenv("FRAUD_ALERT_WEBHOOK_URL", webhook.url)
     as_of = START + timedelta(days=TRAFFIC_DAYS)
     started = time.monotonic()
     run, states = _run(monkeypatch, world, as_of)
     assert states == {"measure_cohorts": "success", "emit_performance_event": "success"}
-    decision = _xcom(run, "measure_cohorts")["decision"]
+    decision = xcom(run, "measure_cohorts")["decision"]
     assert decision["recent_days"] == ["2025-09-08", "2025-09-09", "2025-09-10"]
     assert decision["drop_detected"] and len(decision["reasons"]) == 2  # below both promises
     assert decision["recent"] < 0.6 < 0.8 < decision["references"]["first_mature"]
-    (event,) = _asset_events(run)
+    (event,) = asset_events(run)
     assert event.source_task_id == "emit_performance_event"
     assert event.extra["champion_version"] == decision["champion_version"]
     assert event.extra["reasons"] == decision["reasons"]
@@ -228,8 +224,9 @@ def test_a_drop_emits_the_asset_and_starts_fraud_retrain(monkeypatch, world, web
             )
         )
         assert retrain.state == DagRunState.QUEUED
-        assert [e.id for e in retrain.consumed_asset_events] == [event.id]
-        assert retrain.consumed_asset_events[0].asset.name == assets.PERFORMANCE
+        # it consumes this event (and any drift event an earlier test of the session left)
+        consumed = {e.id: e.asset.name for e in retrain.consumed_asset_events}
+        assert consumed[event.id] == assets.PERFORMANCE
         # the scheduler starts a queued run and schedules its first task
         retrain.state = DagRunState.RUNNING
         retrain.dag = _retrain_dag()
@@ -251,7 +248,7 @@ def test_rerunning_the_same_interval_is_idempotent(monkeypatch, world):
     report = json.loads(Path(_report_path(world, as_of)).read_text())
     run, states = _run(monkeypatch, world, as_of)
     assert states["measure_cohorts"] == "success"
-    summary = _xcom(run, "measure_cohorts")
+    summary = xcom(run, "measure_cohorts")
     assert _stored(world, as_of) == before
     again = json.loads(Path(summary["json_path"]).read_text())
     assert again["cohorts"] == report["cohorts"] and again["decision"] == report["decision"]

@@ -33,7 +33,13 @@ from fraud_lib.train import train_model
 from fraud_lib.window import run_key_for
 from fraud_lib.window_store import WindowRef, load_window
 from tests.alert_receivers import webhook  # noqa: F401 - fixture used by name
-from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, DAGS_FOLDER, settings_env
+from tests.dags.helpers import (
+    AIRFLOW_WARNING_FILTERS,
+    DAGS_FOLDER,
+    asset_events,
+    settings_env,
+    xcom,
+)
 from tests.lib.drift_html import assert_report_agrees
 from tests.local_settings import local_settings
 
@@ -219,28 +225,6 @@ def _drift_report(summary: dict[str, Any], world: World | None = None) -> dict[s
     return saved
 
 
-def _xcom(run, task_id: str) -> Any:
-    from airflow import settings as airflow_settings
-    from airflow.models.xcom import XComModel
-
-    with airflow_settings.Session() as session:
-        query = XComModel.get_many(
-            run_id=run.run_id, dag_ids=run.dag_id, task_ids=task_id, key="return_value"
-        )
-        row = session.scalars(query).first()
-        return None if row is None else XComModel.deserialize_value(row)
-
-
-def _asset_events(run) -> list[Any]:
-    from airflow import settings as airflow_settings
-    from airflow.models.asset import AssetEvent
-    from sqlalchemy import select
-
-    with airflow_settings.Session() as session:
-        query = select(AssetEvent).where(AssetEvent.source_run_id == run.run_id)
-        return [(e.source_task_id, e.extra) for e in session.scalars(query)]
-
-
 def _events(engine, world: World) -> list[dict[str, Any]]:
     return store.model_events(engine, world.settings.model_name)
 
@@ -252,14 +236,14 @@ def test_monitor_without_drift_emits_no_asset_event(monkeypatch, capfd, caplog, 
     assert output.stderr == "" and output.stdout == ""  # no tqdm bar, nothing printed
     assert "drift not detected in" in output.messages()
     assert all(r.levelno < logging.WARNING for r in output.records)
-    summary = _xcom(run, "compare_recent")
+    summary = xcom(run, "compare_recent")
     saved = _drift_report(summary)
     assert saved["context"]["DAG run"] == f"fraud_drift_monitor {run.run_id}"
     assert saved["context"]["champion"] == f"v{stable.champion}"
     assert summary["drift_detected"] is False and summary["drifted_columns"] == []
     assert summary["rows"]["current"] > 2000  # the last day of logged traffic
     assert Path(summary["html_path"]).stat().st_size > 1_000_000
-    assert _asset_events(run) == []
+    assert asset_events(run) == []
 
 
 def test_monitor_with_drift_emits_the_asset_event_and_alerts(
@@ -275,13 +259,13 @@ def test_monitor_with_drift_emits_the_asset_event_and_alerts(
     monkeypatch.setenv("FRAUD_PUBLIC_AIRFLOW_URL", "http://airflow.example:8080")
     run, states = _run(monkeypatch, drifted, "fraud_drift_monitor")
     assert states == {"compare_recent": "success", "emit_drift_event": "success"}
-    summary = _xcom(run, "compare_recent")
+    summary = xcom(run, "compare_recent")
     assert summary["drift_detected"] is True
     assert {"V4", "V12"} <= set(summary["drifted_columns"])
-    events = _asset_events(run)
-    assert len(events) == 1 and events[0][0] == "emit_drift_event"
-    assert events[0][1]["champion_version"] == drifted.champion
-    assert events[0][1]["report"] == summary["html_path"]
+    events = asset_events(run)
+    assert len(events) == 1 and events[0].source_task_id == "emit_drift_event"
+    assert events[0].extra["champion_version"] == drifted.champion
+    assert events[0].extra["report"] == summary["html_path"]
     assert _drift_report(summary)["drift_detected"] is True
     (post,) = webhook.wait_for(1)
     alert = post["json"]
@@ -306,9 +290,9 @@ def test_no_drift_writes_report_and_rejects_a_challenger_that_is_not_better(
         "promote": "success",
         "notify_serving": "skipped",
     }
-    window = _xcom(run, "ingest_labeled")
+    window = xcom(run, "ingest_labeled")
     assert window["rows"] == TRAFFIC_DAYS * ROWS_PER_DAY and window["initial_rows"] == 0
-    drift = _xcom(run, "check_drift")
+    drift = xcom(run, "check_drift")
     assert drift["drift_detected"] is False
     report = _drift_report(drift, stable)
     assert report["rows"]["current_used"] == 5000 and "sample" in report["sampling"]
@@ -317,11 +301,11 @@ def test_no_drift_writes_report_and_rejects_a_challenger_that_is_not_better(
     assert _artifact(stable, drift["report_uri"]).stat().st_size > 1_000_000
     local_copy = stable.settings.reports_dir / Path(drift["report_uri"]).name
     assert local_copy.exists()  # the single-machine copy in drift_reports/
-    outcome = _xcom(run, "promote")
+    outcome = xcom(run, "promote")
     assert outcome["event"] == "rejected" and "does not beat champion" in outcome["reason"]
     assert registry.alias_version(stable.settings) == stable.champion
     assert _events(engine, stable)[0]["event"] == "rejected"
-    decision = _xcom(run, "evaluate")
+    decision = xcom(run, "evaluate")
     assert decision["champion_metrics"]["average_precision"] is not None
     assert decision["n_eval"] < window["rows"] / 3  # the last 3 of 14 days, held out
 
@@ -335,14 +319,14 @@ def test_new_pattern_drift_promotes_the_challenger(monkeypatch, capfd, caplog, e
     assert output.stderr == "" and output.stdout == ""
     assert "fraud_retrain summary" in output.messages()
     assert "decision: promoted" in output.messages()
-    drift = _xcom(run, "check_drift")
+    drift = xcom(run, "check_drift")
     assert drift["drift_detected"] is True and {"V4", "V12"} <= set(drift["drifted_columns"])
     assert _drift_report(drift, drifted)["evidently_dataset_drift"]["drift_share"] == 0.05
-    challenger = _xcom(run, "train_challenger")
-    decision = _xcom(run, "promote")
+    challenger = xcom(run, "train_challenger")
+    decision = xcom(run, "promote")
     assert decision["event"] == "promoted", decision["reason"]
     assert registry.alias_version(drifted.settings) == challenger["version"] != drifted.champion
-    ev = _xcom(run, "evaluate")
+    ev = xcom(run, "evaluate")
     assert (
         ev["challenger_metrics"]["average_precision"]
         > ev["champion_metrics"]["average_precision"] + 0.05
@@ -350,8 +334,8 @@ def test_new_pattern_drift_promotes_the_challenger(monkeypatch, capfd, caplog, e
     row = _events(engine, drifted)[0]
     assert row["event"] == "promoted" and row["version"] == challenger["version"]
     assert row["previous_version"] == drifted.champion
-    assert row["run_id"] == _xcom(run, "ingest_labeled")["run_key"]
-    assert _xcom(run, "notify_serving") is False  # nothing listens; a warning, not a failure
+    assert row["run_id"] == xcom(run, "ingest_labeled")["run_key"]
+    assert xcom(run, "notify_serving") is False  # nothing listens; a warning, not a failure
     mlflow_run = registry.client(drifted.settings).search_runs(
         [registry.ensure_experiment(drifted.settings)],
         filter_string="tags.`fraudloop.kind` = 'retrain'",
@@ -381,11 +365,11 @@ def test_rerunning_the_same_interval_is_idempotent(monkeypatch, engine, drifted)
 
     run, states = _run(monkeypatch, drifted, "fraud_retrain", conf=CONF)
     assert states["promote"] == "success" and states["notify_serving"] == "skipped"
-    ref = WindowRef.from_dict(_xcom(run, "ingest_labeled")["ref"])
+    ref = WindowRef.from_dict(xcom(run, "ingest_labeled")["ref"])
     assert ref.run_id == run_id  # the re-run logs to the same MLflow run
     pd.testing.assert_frame_equal(load_window(drifted.settings, ref), first)
-    assert _xcom(run, "train_challenger")["reused"] is True
-    outcome = _xcom(run, "promote")
+    assert xcom(run, "train_challenger")["reused"] is True
+    outcome = xcom(run, "promote")
     assert outcome["replayed"] is True and outcome["event"] == "promoted"
     assert (
         len(client.search_model_versions(f"name='{drifted.settings.model_name}'"))
@@ -406,9 +390,9 @@ def test_a_run_on_the_champions_own_window_is_skipped_not_a_rejection(monkeypatc
     later, conf = drifted.end + timedelta(days=1), {**CONF, "train_window_days": 15}
     run, states = _run(monkeypatch, drifted, "fraud_retrain", conf=conf, at=later)
     assert states["promote"] == "success" and states["notify_serving"] == "skipped"
-    challenger = _xcom(run, "train_challenger")
+    challenger = xcom(run, "train_challenger")
     assert challenger["version"] == champion and challenger["reused"] is True
-    outcome = _xcom(run, "promote")
+    outcome = xcom(run, "promote")
     assert outcome["event"] == "skipped" and outcome["replayed"] is False
     assert outcome["reason"] == f"no new challenger: version {champion} is already the champion"
     after = _events(engine, drifted)
@@ -421,7 +405,7 @@ def test_a_run_on_the_champions_own_window_is_skipped_not_a_rejection(monkeypatc
 
     # re-running that interval replays the recorded outcome: no second row
     again, states = _run(monkeypatch, drifted, "fraud_retrain", conf=conf, at=later)
-    replay = _xcom(again, "promote")
+    replay = xcom(again, "promote")
     assert replay["event"] == "skipped" and replay["replayed"] is True
     assert _events(engine, drifted) == after
 
@@ -431,10 +415,10 @@ def test_after_the_promotion_the_monitor_is_quiet_again(monkeypatch, drifted):
     # old champion) are replaced by the new champion's: no spurious score shift.
     run, states = _run(monkeypatch, drifted, "fraud_drift_monitor")
     assert states == {"compare_recent": "success", "emit_drift_event": "skipped"}
-    summary = _xcom(run, "compare_recent")
+    summary = xcom(run, "compare_recent")
     assert summary["champion_version"] != drifted.champion
     assert summary["drifted_columns"] == [] and summary["score_shift"]["psi"] < 0.05
-    assert _asset_events(run) == []
+    assert asset_events(run) == []
 
 
 def test_too_few_labels_skips_the_run_cleanly(monkeypatch, engine, stable):
