@@ -4,6 +4,9 @@ Postgres and a real redis-server, beside the same service on the ULB schema.
 * ``throughput_rps_plain``: 8 closed-loop clients, one ULB transaction a request, ULB champion;
 * ``throughput_rps`` / ``single_p99_ms_8``: the same load with one raw transaction a request and
   a behavioral champion (features from the shared Redis state);
+* ``batch_rows_per_s``: end to end, 10,000 raw transactions in one JSON request (the world's
+  last ones, so their entities have history), median of ``BATCHES`` requests sent one at a
+  time (``batch_ms``: each request's time);
 * ``visibility_lag_p50_ms`` / ``_p99_ms``: a new customer's transaction is sent on a keep-alive
   connection served by one worker; as soon as it is acknowledged, a second transaction of that
   customer goes on a connection served by the other worker (found with ``ss``); the lag is from
@@ -24,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import requests
 import sqlalchemy as sa
 from harness import REPO, Gunicorn, champion_world, gunicorn_argv, pct, summarize, temp_settings
 from loadgen import _read_response, build_request, run_load
@@ -31,6 +36,7 @@ from loadgen import _read_response, build_request, run_load
 CLIENTS = 8
 LABEL_REFRESH_SECONDS = 0.5
 VISIBILITY_PROBES = 200
+BATCHES, BATCH_ROWS = 5, 10_000
 RAW_FIELDS = ("transaction_id", "timestamp", "customer_id", "terminal_id", "amount")
 
 
@@ -162,6 +168,23 @@ def _parity(url: str, engine, spec, rows: int, seed: int, say) -> dict:
     return {**report, "parity_replay_rows_per_s": round(len(world) / replay_s)}
 
 
+def _batches(port: int, records: list[dict]) -> dict:
+    """End to end (HTTP, validation, features, predict, log, answer): the last transactions of
+    the world, ``BATCH_ROWS`` per request in time order, so every entity has its history."""
+    url, seconds = f"http://127.0.0.1:{port}/v1/score", []
+    with requests.Session() as session:
+        for lo in range(0, len(records), BATCH_ROWS):
+            body = json.dumps({"transactions": records[lo : lo + BATCH_ROWS]}).encode()
+            started = time.perf_counter()
+            answer = session.post(url, data=body, headers={"Content-Type": "application/json"})
+            seconds.append(time.perf_counter() - started)
+            answer.raise_for_status()
+            assert answer.json()["count"] == BATCH_ROWS, answer.text[:200]
+    median = float(np.median(seconds))
+    return {"batch_rows_per_s": round(BATCH_ROWS / median),
+            "batch_ms": [round(1000 * s, 1) for s in seconds]}  # fmt: skip
+
+
 def http(seed: int, say, duration: float = 10.0, parity_rows: int = 20_000) -> dict:
     """Run the phase (see the module docstring); returns the figures."""
     from fraud_lib import pgserver, redisserver, store
@@ -195,8 +218,9 @@ def http(seed: int, say, duration: float = 10.0, parity_rows: int = 20_000) -> d
         env = _env(raw_settings, FRAUD_REDIS_URL=rs.url,
                    FRAUD_LABEL_REFRESH_SECONDS=str(LABEL_REFRESH_SECONDS))  # fmt: skip
         service = Gunicorn("raw", gunicorn_argv(port, "serving.wsgi:app"), env, tmp / "raw.log")
-        load = parity_world(40_000, 1, 14, seed=seed + 100, now=time.time())
+        load = parity_world(40_000 + BATCHES * BATCH_ROWS, 1, 14, seed=seed + 100, now=time.time())
         raw_records = load[list(RAW_FIELDS)].to_dict("records")
+        batch_records, raw_records = raw_records[-BATCHES * BATCH_ROWS :], raw_records[:40_000]
         try:
             service.wait_ready(port, build_request(port, "/v1/score",
                                                    json.dumps(raw_records[0]).encode()), 2)  # fmt: skip
@@ -211,6 +235,8 @@ def http(seed: int, say, duration: float = 10.0, parity_rows: int = 20_000) -> d
             out["throughput_rps"] = round(summary["req_per_s"], 1)
             out["single_p99_ms_8"] = round(summary["p99_ms"], 2)
             out["single_p50_ms_8"] = round(summary["p50_ms"], 2)
+            say(f"{BATCHES} batches of {BATCH_ROWS:,} raw transactions, one at a time")
+            out.update(_batches(port, batch_records))
         finally:
             service.stop()
         out["throughput_share_of_plain"] = round(

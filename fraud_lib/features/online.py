@@ -133,17 +133,29 @@ def _event_order(codes: np.ndarray, t: np.ndarray, ids: np.ndarray) -> np.ndarra
     key, time and id as another event) dropped.
 
     Stored histories come grouped by key and mostly in time order, so a stable sort by key
-    alone (fast on such runs) is usually already that order; only when some key's times are
-    not strictly increasing does the full three-key sort run."""
+    alone (fast on such runs) is usually already that order; only the keys whose times are not
+    strictly increasing are sorted again by (time, id) in place, and only they can hold such a
+    copy. The result is the full three-key sort's (a batch of 10,000 over ~200,000 stored
+    events: the full sort took ~60 ms per entity)."""
     order = _by_key(codes)
     s_codes, s_t = codes[order], t[order]
-    if not ((np.diff(s_codes) == 0) & (np.diff(s_t) <= 0)).any():
+    unsorted = (np.diff(s_codes) == 0) & (np.diff(s_t) <= 0)
+    if not unsorted.any():
         return order
-    order = np.lexsort((ids, t, codes))
-    dup = np.zeros(len(order), dtype=bool)
-    same = (np.diff(codes[order]) == 0) & (np.diff(t[order]) == 0)
-    dup[1:] = same & (np.diff(ids[order].view(np.int64)) == 0)
-    return order[~dup]
+    redo = np.zeros(int(s_codes.max()) + 1, dtype=bool)
+    redo[s_codes[1:][unsorted]] = True
+    slots = np.flatnonzero(redo[s_codes])  # those keys' rows, contiguous per key, by key
+    rows = order[slots]
+    rows = rows[np.lexsort((ids[rows], t[rows], codes[rows]))]
+    order[slots] = rows
+    dup = np.zeros(len(rows), dtype=bool)
+    same = (np.diff(codes[rows]) == 0) & (np.diff(t[rows]) == 0)
+    dup[1:] = same & (np.diff(ids[rows].view(np.int64)) == 0)
+    if not dup.any():
+        return order
+    drop = np.zeros(len(order), dtype=bool)
+    drop[slots[dup]] = True
+    return order[~drop]
 
 
 def _entity_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.ndarray,

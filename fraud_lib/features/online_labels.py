@@ -257,14 +257,17 @@ def logged_events(engine: Any, spec: BehaviorSpec, since: float | None = None) -
 
 
 def rebuild_state(engine: Any, spec: BehaviorSpec, store: RedisEventStore) -> int:
-    """Add the logged events of the last horizon to the Redis histories; returns events.
+    """Add the logged events of the last horizon to the Redis histories, each key's in time
+    order; returns events.
 
     Nothing is cleared first: events acknowledged meanwhile (by a worker that did not wait, or
     not yet shipped to Postgres) stay, and an event both logged and stored is read once (reads
     drop a repeated id)."""
     frame = logged_events(engine, spec)
     layout = store.layout
-    frame = frame.dropna()
+    # in time order, so each key's history is stored sorted and its reads skip the re-sort
+    # (the query returns them by transaction id)
+    frame = frame.dropna().sort_values("event_time", kind="stable")
     ids = np.fromiter((id_hash(str(i)) for i in frame["transaction_id"]), np.uint64, len(frame))
     times = frame["event_time"].to_numpy(np.float64)
     values = {c: frame[c].astype(np.float64).to_numpy() for c in layout.columns}

@@ -12,7 +12,14 @@ import pandas as pd
 import pytest
 
 from fraud_lib.features.offline import build_features, epoch_seconds, labels_from_events
-from fraud_lib.features.online import Batch, History, LabelHistory, compute, key_codes
+from fraud_lib.features.online import (
+    Batch,
+    History,
+    LabelHistory,
+    _event_order,
+    compute,
+    key_codes,
+)
 from fraud_lib.features.online_store import RecordLayout
 from fraud_lib.features.spec import BehaviorSpec
 from tests.lib.test_features_offline import STATS, events, spec_for
@@ -137,6 +144,24 @@ def test_equal_times_never_see_each_other():
     out = replay(customer_spec(False), table)
     assert col(out, table, "customer__amount__count__1d", "ab") == [0, 0]
     assert col(out, table, "customer__time_since_prev", "ab") == [-1, -1]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_event_order_is_the_full_sort_with_retried_copies_dropped(seed):
+    # only the keys whose times are not increasing are sorted again: same result as sorting all
+    rng = np.random.default_rng(seed)
+    n, keys = int(rng.integers(1, 400)), int(rng.integers(1, 30))
+    codes = rng.integers(0, keys, n)
+    t = rng.integers(0, 60, n).astype(np.float64)
+    ids = rng.integers(0, 4, n).astype(np.uint64)
+    if seed % 2:  # mostly in order, as stored histories are
+        by = np.lexsort((t, codes))
+        codes, t, ids = codes[by], t[by], ids[by]
+        t[rng.integers(0, n, 3)] -= 1.0
+    full = np.lexsort((ids, t, codes))
+    same = np.r_[False, (np.diff(codes[full]) == 0) & (np.diff(t[full]) == 0)
+                 & (np.diff(ids[full].view(np.int64)) == 0)]  # fmt: skip
+    assert np.array_equal(_event_order(codes, t, ids), full[~same])
 
 
 def test_new_entity_gets_features_from_an_empty_history():

@@ -4,6 +4,7 @@ a Postgres outage, and the hot reload refusing a change of the feature definitio
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -127,6 +128,19 @@ def test_bad_raw_transaction_is_a_400_naming_the_field(raw_app, raw_world, chang
     )
     assert batch.status_code == 400
     assert f"transactions[1].{field}" in batch.get_json()["error"]["fields"]
+
+
+def test_raw_timestamps_just_outside_the_range_are_refused_and_its_edge_accepted(
+    raw_app, raw_world
+):
+    # float epochs inside the range skip the datetime checks: the edges must agree with them
+    client = raw_app().test_client()
+    base = {**records(raw_world["later"].iloc[[0]])[0], "customer_id": "edge-customer"}
+    base.pop("transaction_id", None)
+    for t in (time.time() + 300.0 + 600.0, 946684800.0 - 0.5, float("1e300")):
+        resp = client.post("/v1/score", json={**base, "timestamp": t})
+        assert resp.status_code == 400 and "timestamp" in resp.get_json()["error"]["fields"], t
+    assert client.post("/v1/score", json={**base, "timestamp": 946684800.0}).status_code == 200
 
 
 def test_scoring_keeps_working_while_postgres_is_unreachable(raw_app, raw_world):

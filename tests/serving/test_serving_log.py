@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from conftest import wait_logged
@@ -98,6 +99,24 @@ def test_features_of_any_schema_are_logged_as_sent():
     assert bad == [] and [json.loads(r["features"]) for r in as_dicts(rows)] == features
 
 
+def test_raw_fields_and_computed_features_are_logged_as_one_document():
+    # a raw transaction's line: its fields as sent, then the computed matrix; Postgres gets the
+    # document the request path built before, {**raw, **computed}, in that key order
+    raw = [{"timestamp": "2024-05-01T12:00:00Z", "customer_id": 12, "amount": 7, "mcc": None},
+           {"timestamp": 1714560000.5, "customer_id": "c-\u00e9", "amount": 0.1, "mcc": "x"}]  # fmt: skip
+    X = np.array([[1.0, -0.0, 5e-324], [0.1 + 0.2, 1e300, 3.0]])
+    data = encode_block(block(2, columns=["a", "b", "c"], x=X.tobytes(), features=raw))
+    rows, bad = decode_lines([data])
+    documents = [r["features"] for r in as_dicts(rows)]
+    expected = [
+        {**r, **dict(zip("abc", x, strict=True))} for r, x in zip(raw, X.tolist(), strict=True)
+    ]
+    assert bad == [] and documents == [msgspec.json.encode(e) for e in expected]  # same bytes
+    assert [list(json.loads(d)) for d in documents] == [list(e) for e in expected]
+    empty = encode_block(block(1, columns=[], x=b"", features=[{"t": 1}]))
+    assert [r["features"] for r in as_dicts(decode_lines([empty])[0])] == [b'{"t":1}']
+
+
 @pytest.mark.parametrize(
     "columns",
     [("V1", "100%", "é ü", "f0", "", "f1"), ('quote"d', "back\\slash", "tab\t", "V1", "x", "y")],
@@ -132,6 +151,8 @@ def test_unreadable_lines_are_set_aside_whole_and_the_rest_decoded():
         encode_block(block(1, x=None)),  # neither x nor features
         encode_block(block(1, x=None, features=[])).replace(b'"features":[]', b'"features":[{"a":"\xff"}]'),
         encode_block(block(1, scored_at=1e300)),  # out of range
+        encode_block(block(1, features=[[1, 2]])),  # with x: a features entry is not an object
+        encode_block(block(2, features=[{"t": 1}])),  # with x: one features entry for 2 rows
     ]  # fmt: skip
     rows, bad = decode_lines([good, *damaged])
     assert [r["prediction_id"] for r in as_dicts(rows)] == pids
