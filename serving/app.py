@@ -4,7 +4,9 @@
 preloaded in the master, so the model, threads and connections all belong to the worker). It
 loads the champion, starts the model poller and the prediction-log shipper, and registers the
 ``api`` and ``ops`` blueprints and JSON error handlers: every error body is
-``{"error": {"code", "message", "fields"}}``.
+``{"error": {"code", "message", "fields"}}``. ``app.wsgi_app`` is wrapped by
+:class:`serving.fast_path.FastScore`, which answers clean JSON ``/v1/score`` requests itself
+and hands everything else to Flask.
 """
 
 from __future__ import annotations
