@@ -35,6 +35,8 @@ sys.path.insert(0, str(REPO))
 from harness import Gunicorn, champion_world, gunicorn_argv, service_env, summarize  # noqa: E402
 from loadgen import build_request, run_load, single  # noqa: E402
 
+from fraud_lib.procs import child_pids  # noqa: E402
+
 # (part, frame substrings): a request sample goes to the first part one of whose substrings
 # occurs in its stack, frames searched from the innermost out.
 PARTS = (
@@ -50,6 +52,14 @@ PARTS = (
                                        "request_body.py")),
 )  # fmt: skip
 IN_REQUEST = ("handle_request", "handle (")
+# The samples outside requests, by thread (the first part whose substring is in the stack).
+START_UP = "start-up (imports, model load, compile; seconds in all)"
+OUTSIDE = (
+    (START_UP, ("load_wsgi", "post_worker_init")),
+    ("prediction-log shipper (spool read, decode, COPY)", ("_run (serving/prediction_log.py",)),
+    ("model poller", ("_poll (serving/model_holder.py",)),
+    ("event loop (buffered worker: accept, read, framing)", ("gunicorn/workers/",)),
+)
 
 
 def part_of(stack: str) -> str | None:
@@ -64,18 +74,27 @@ def part_of(stack: str) -> str | None:
     return "other"
 
 
-def parse_raw(path: Path) -> tuple[Counter, Counter, int]:
-    """(samples per part, samples per innermost request frame, samples outside requests)."""
+def outside_part(stack: str) -> str:
+    """The thread or activity of a sample outside requests."""
+    for part, needles in OUTSIDE:
+        if any(n in stack for n in needles):
+            return part
+    return "other"
+
+
+def parse_raw(path: Path) -> tuple[Counter, Counter, Counter]:
+    """(samples per part, samples per innermost request frame, samples outside requests per
+    thread or activity)."""
     parts: Counter = Counter()
     leaves: Counter = Counter()
-    outside = 0
+    outside: Counter = Counter()
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         part = part_of(stack)
         if part is None:
-            outside += int(count)
+            outside[outside_part(stack)] += int(count)
             continue
         parts[part] += int(count)
         leaves[stack.split(";")[-1]] += int(count)
@@ -99,12 +118,49 @@ def profile(args: argparse.Namespace, tmp: Path, raw: Path) -> dict[str, Any]:
             svc.proc_master = wait_master(svc)  # type: ignore[attr-defined]
             wait_ready(svc.proc_master, port, reqs[0])  # type: ignore[attr-defined]
             run_load(port, reqs, clients=args.clients, duration=3)  # warm-up
+            processes = {"postgres (every server process)": [pg.pid, *child_pids(pg.pid)],
+                         "gunicorn workers (every thread)": child_pids(svc.proc_master)}  # type: ignore[attr-defined]  # fmt: skip
+            before = {name: cpu_seconds(pids) for name, pids in processes.items()}
+            commits = pg_commits(pg.url)
             rows = run_load(port, reqs, clients=args.clients, duration=args.seconds)
+            used = {name: cpu_seconds(pids) - before[name] for name, pids in processes.items()}
+            time.sleep(1.5)  # Postgres publishes a busy backend's statistics within ~1 s
+            commits = [b - a for a, b in zip(commits, pg_commits(pg.url), strict=True)]
         finally:
             stop_profiled(svc)
-        return summarize(rows, args.seconds)
+        load = summarize(rows, args.seconds)
+        load["process_cpu_ms_per_request"] = {n: s / load["ok"] * 1000 for n, s in used.items()}
+        load["commits_per_s"] = commits[0] / args.seconds
+        load["rows_per_commit"] = commits[1] / max(1, commits[0])
+        return load
     finally:
         pg.stop()
+
+
+def pg_commits(url: str) -> list[int]:
+    """(transactions committed, rows inserted) in the database so far (pg_stat_database)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT xact_commit, tup_inserted FROM pg_stat_database "
+                                       "WHERE datname = current_database()")).one()  # fmt: skip
+    finally:
+        engine.dispose()
+    return [int(row[0]), int(row[1])]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by the processes ``pids`` (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wait_master(svc: Gunicorn, timeout: float = 60) -> int:
@@ -120,8 +176,6 @@ def wait_master(svc: Gunicorn, timeout: float = 60) -> int:
 
 def wait_ready(master: int, port: int, probe: bytes, timeout: float = 120) -> None:
     """Until both workers run and the service answers 200."""
-    from fraud_lib.procs import child_pids
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -164,11 +218,13 @@ def main() -> None:
     # the samples cover warm-up and load: scale by every request the workers served in both
     served = load["ok"] * (1 + 3 / args.seconds)
     per_request = {p: n / args.rate / served * 1000 for p, n in parts.most_common()}
+    outside_ms = {p: n / args.rate / (1 if p == START_UP else served / 1000)
+                  for p, n in outside.most_common()}  # fmt: skip
     result = {"load": load, "clients": args.clients, "rate_hz": args.rate,
               "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
               "cpu_ms_per_request": per_request,
               "top_frames": {f: n for f, n in leaves.most_common(15)},
-              "samples_outside_requests": outside}  # fmt: skip
+              "outside_requests_ms_per_request": outside_ms}  # fmt: skip
     out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
 
@@ -183,6 +239,14 @@ def print_table(r: dict[str, Any]) -> None:
     for part, ms in r["cpu_ms_per_request"].items():
         print(f"{part:45}  {ms:10.3f}  {ms / total:5.0%}")
     print(f"{'total':45}  {total:10.3f}")
+    print("\noutside requests (GIL held; ms per request of warm-up and load, start-up in s)")
+    for part, ms in r["outside_requests_ms_per_request"].items():
+        print(f"{part:55}  {ms:7.3f}")
+    print("\nprocess CPU during the load window (ms per request, all threads, C code included)")
+    for name, ms in load["process_cpu_ms_per_request"].items():
+        print(f"{name:55}  {ms:7.3f}")
+    print(f"Postgres: {load['commits_per_s']:.1f} commits/s, {load['rows_per_commit']:.0f} rows "
+          "inserted per commit")  # fmt: skip
     print("\ntop innermost frames in requests (samples)")
     for frame, n in r["top_frames"].items():
         print(f"{n:7}  {frame}")

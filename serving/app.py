@@ -4,17 +4,17 @@
 preloaded in the master, so the model, threads and connections all belong to the worker). It
 loads the champion, starts the model poller and the prediction-log shipper, and registers the
 ``api`` and ``ops`` blueprints and JSON error handlers: every error body is
-``{"error": {"code", "message", "fields"}}``.
+``{"error": {"code", "message", "fields"}}``. ``app.wsgi_app`` is wrapped by
+:class:`serving.fast_path.FastScore`, which answers clean JSON ``/v1/score`` requests itself
+and hands everything else to Flask.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import re
 import threading
 import time
-import uuid
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from fraud_lib import pgserver, store
 from fraud_lib.config import Settings
+from serving.fast_path import REQUEST_ID_KEY, STARTED_KEY, FastScore, request_id
 from serving.http_errors import body_too_large, error_code
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
@@ -29,8 +30,6 @@ from serving.prediction_log import PredictionLog
 from serving.validation import ApiError
 
 log = logging.getLogger(__name__)
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 class Database:
@@ -132,9 +131,11 @@ def _register_errors(app: Flask) -> None:
 def _register_request_metrics(app: Flask, metrics: Metrics) -> None:
     @app.before_request
     def start_timer() -> None:
-        g.started = time.perf_counter()
-        rid = request.headers.get("X-Request-ID", "")
-        g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        environ = request.environ  # a request the fast path handed over has both already
+        g.started = environ.get(STARTED_KEY) or time.perf_counter()
+        g.request_id = environ.get(REQUEST_ID_KEY) or request_id(
+            request.headers.get("X-Request-ID", "")
+        )
 
     @app.after_request
     def record(response: Response) -> Response:
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
     app.register_blueprint(ops.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(docs.swagger_ui())
+    app.wsgi_app = FastScore(app.wsgi_app, state, settings.max_body_bytes)  # type: ignore[method-assign]
     if start:
         state.start()
         atexit.register(state.close)

@@ -248,10 +248,14 @@ class PredictionLog:
             finally:
                 self._update_gauges()
             backoff = 0.0
-            if shipped == 0 and not stopping:
+            if stopping:
+                if shipped == 0 and not self._orphans:
+                    break
+            elif shipped < self.batch_size and not self._orphans:
+                # less than a batch: let lines gather until a full batch wakes us or the flush
+                # interval ends. Looping at once, a busy worker's shipper made one COPY and
+                # commit per round trip of a few lines each (see README, Benchmarks).
                 self._wake.wait(self.flush_seconds)
-            elif shipped == 0 and stopping and not self._orphans:
-                break
 
     def _failed(self, exc: Exception) -> None:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

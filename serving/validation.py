@@ -94,10 +94,14 @@ def _invalid_json(body: bytes, exc: msgspec.DecodeError) -> ApiError:
     return ApiError(400, "invalid_json", f"the body is not valid JSON: {reason}")
 
 
-def is_json(request: Request) -> bool:
-    """True when the request's content type is JSON (``application/json`` or ``+json``)."""
-    mimetype = request.mimetype or ""
+def is_json_mimetype(mimetype: str) -> bool:
+    """True for a JSON media type (``application/json`` or ``+json``), lowercase, no params."""
     return mimetype in JSON_TYPES or mimetype.endswith("+json")
+
+
+def is_json(request: Request) -> bool:
+    """True when the request's content type is JSON (:func:`is_json_mimetype`)."""
+    return is_json_mimetype(request.mimetype or "")
 
 
 def unsupported_media_type(request: Request, accepted: str = JSON_BODY) -> ApiError:

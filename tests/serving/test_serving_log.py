@@ -311,3 +311,32 @@ def test_close_with_postgres_down_keeps_the_spool_for_the_next_writer(log_settin
     wait_logged(pg_engine, pids)
     assert successor.close() is True
     assert [p.name for p in log.dir.iterdir()] == []
+
+
+def test_while_lines_keep_coming_the_shipper_copies_once_per_flush_interval(
+    log_settings, pg_engine, monkeypatch
+):
+    copies: list[int] = []
+    copy = store.copy_predictions
+
+    def counted(engine: Any, rows: Any) -> int:
+        copies.append(len(rows))
+        return copy(engine, rows)
+
+    monkeypatch.setattr(store, "copy_predictions", counted)
+    flush = 0.25
+    log = make_log(replace(log_settings, log_flush_seconds=flush, log_batch_size=10_000), pg_engine)
+    log.start()
+    pids: list[str] = []
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:  # one line every ~2 ms, as a busy worker appends
+        data, batch = lines_for(1)
+        log.append(data, 1, wake=False)
+        pids += batch
+        time.sleep(0.002)
+    elapsed = time.monotonic() - started
+    wait_logged(pg_engine, pids, timeout=10)
+    assert sum(copies) == len(pids)  # every line once
+    # one COPY per flush interval (a first one at start-up, one for the tail), not one per
+    # round trip: ~450 lines arrived in 1.5 s
+    assert len(copies) <= elapsed / flush + 3, copies
