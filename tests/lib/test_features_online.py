@@ -164,6 +164,28 @@ def test_event_order_is_the_full_sort_with_retried_copies_dropped(seed):
     assert np.array_equal(_event_order(codes, t, ids), full[~same])
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_few_windows_summed_one_by_one_equal_the_sparse_table_bit_for_bit(seed, monkeypatch):
+    # single transactions take the compiled one-by-one loop; offline takes the table
+    from fraud_lib.features import kernels
+
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        n = int(rng.integers(1, 2500))
+        x = rng.standard_normal(n) * 10.0 ** int(rng.integers(-3, 6)) + 1e4 * (seed % 2)
+        ranges = []
+        for _ in range(int(rng.integers(1, 4))):
+            lo = rng.integers(0, n, int(rng.integers(1, 6)))
+            ranges.append((lo, np.minimum(n, lo + rng.integers(0, n + 1, len(lo)))))
+        few = kernels.window_moments(x, ranges)
+        with monkeypatch.context() as m:
+            m.setattr(kernels, "SMALL_QUERIES", -1)
+            table = kernels.window_moments(x, ranges)
+        for a, b in zip(few, table, strict=True):
+            for field in ("n", "s", "m2", "mx"):
+                assert np.array_equal(getattr(a, field), getattr(b, field)), field
+
+
 def test_new_entity_gets_features_from_an_empty_history():
     spec = spec_for(
         aggregates=[{"entity": "customer", "column": "amount", "windows": ["7d"],
