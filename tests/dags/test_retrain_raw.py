@@ -34,8 +34,8 @@ from fraud_lib.train import train_model
 from fraud_lib.window_store import WindowRef, load_window
 from serving.app import create_app
 from serving.raw_scoring import spec_prefix
-from tests.dags.helpers import AIRFLOW_WARNING_FILTERS
-from tests.dags.test_retrain_dag import World, _run, _xcom
+from tests.dags.helpers import AIRFLOW_WARNING_FILTERS, xcom
+from tests.dags.test_retrain_dag import World, _run
 from tests.local_settings import local_settings
 
 pytestmark = [pytest.mark.slow, *AIRFLOW_WARNING_FILTERS]
@@ -168,7 +168,7 @@ def test_retrain_on_a_behavioral_champion_rebuilds_features_promotes_and_reloads
          "notify_serving"), "success",
     )  # fmt: skip
 
-    window = _xcom(run, "ingest_labeled")
+    window = xcom(run, "ingest_labeled")
     facts = window["features"]
     assert facts["source"].startswith("rebuilt offline")
     assert facts["history_events"] == len(raw) and facts["history_incomplete"] == 0
@@ -186,14 +186,14 @@ def test_retrain_on_a_behavioral_champion_rebuilds_features_promotes_and_reloads
     got = frame[SCHEMA.behavior.output_columns].to_numpy(np.float64)
     assert np.abs(got - expected).max() <= 1e-9 * np.maximum(np.abs(expected), 1.0).max()
 
-    drift = _xcom(run, "check_drift")
+    drift = xcom(run, "check_drift")
     assert drift["columns"] == list(SCHEMA.features)  # amount + every computed feature
     assert drift["reference_basis"].startswith(f"champion v{raw_loop['champion']}")
 
-    challenger = _xcom(run, "train_challenger")
+    challenger = xcom(run, "train_challenger")
     loaded = registry.load_version(settings, challenger["version"])
     assert loaded.schema.to_dict() == SCHEMA.to_dict()  # the same spec travels with it
-    outcome = _xcom(run, "promote")
+    outcome = xcom(run, "promote")
     assert outcome["event"] == "promoted", outcome["reason"]
     assert registry.alias_version(settings) == challenger["version"]
 
