@@ -150,7 +150,10 @@ def on_starting(server: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     from threadpoolctl import threadpool_limits
 
+    from serving.gc_tuning import freeze_loaded
+
     threadpool_limits(limits=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    freeze_loaded()  # the app and the champion are loaded: out of every later collection
 
 
 def pre_request(worker: Any, req: Any) -> None:

@@ -26,6 +26,7 @@ from fraud_lib.monitoring.alerts import AlertQueue
 from fraud_lib.monitoring.events import model_refused_alert
 from fraud_lib.redact import redact
 from serving import model_files
+from serving.gc_tuning import freeze_loaded
 from serving.model_files import AliasLookup, prepare_any
 from serving.scoring import CanaryError, ServedModel
 from serving.validation import SEE_LOG
@@ -172,6 +173,7 @@ class ModelHolder:
             m.model_version.set(0)
         m.model_loaded_at.set(served.loaded_at)
         m.reloads.labels("success", "").inc()
+        freeze_loaded()  # the new model's objects: out of the worker's later collections
         log.info(
             "serving %s version %s (was %s; predictor %s; loaded in %.2fs, checked in %.2fs)",
             served.name, served.version, old.version if old else "none", served.predictor,
