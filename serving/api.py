@@ -162,7 +162,9 @@ def log_and_answer(st: Any, served: Any, txs: Transactions, scores: np.ndarray,
                    logged: dict[str, Any], request_id: str, arrow: bool) -> Answer:  # fmt: skip
     """The answer to scored transactions, encoded first, then logged (one spool line: raises
     the 503 :class:`ApiError` if the log refuses it, and nothing is answered) and counted.
-    Both the Flask view and :mod:`serving.fast_path` answer through this."""
+    Nothing raises once the line is appended (the metrics updates never do), so a logged
+    request is always answered, and never handed to Flask to be scored and logged again. Both the Flask view and
+    :mod:`serving.fast_path` answer through this."""
     n = len(txs)
     threshold = float(served.threshold)
     flagged = scores >= threshold
@@ -203,8 +205,7 @@ def log_and_answer(st: Any, served: Any, txs: Transactions, scores: np.ndarray,
             "the prediction could not be logged, so it is not answered; retry later "
             f"({SEE_LOG}, request id {request_id})",
         ) from None
-    st.metrics.observe_scores(scores, flagged, levels)
-    st.metrics.batch_size.observe(n)
+    st.metrics.observe_scores(scores, flagged, levels)  # never raises (logged already)
     # freed once the answer is sent: for 10,000 rows the decoded records alone take ~4 ms
     on_close: list[Callable[[], Any]] = [keep.clear]
     if full:  # wake the shipper once the answer is sent: woken before, its decoding took the

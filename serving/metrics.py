@@ -15,7 +15,11 @@ Two modes, chosen by the environment when the app is created:
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,6 +38,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 RISK_LEVELS = ("low", "medium", "high")  # the ``risk_level`` values, lowest first
 _DECISIONS = [(fraud, level) for fraud in ("false", "true") for level in RISK_LEVELS]
+log = logging.getLogger(__name__)
+FAILURE_LOG_SECONDS = 60.0  # a failing metrics update is logged at most this often
+
 SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
@@ -42,11 +49,32 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+def _never_fails_a_request(update: Callable[..., None]) -> Callable[..., None]:
+    """A metrics update on the request path that cannot fail the request: it runs once the
+    request is logged (an error answer then would make the client send it again), so a
+    failure (e.g. the multiprocess directory's disk full) is logged, at most once every
+    :data:`FAILURE_LOG_SECONDS`, and the request goes on."""
+
+    @functools.wraps(update)
+    def guarded(self: Metrics, *args: Any) -> None:
+        try:
+            update(self, *args)
+        except Exception:
+            now = time.monotonic()
+            if now - self._failure_logged_at >= FAILURE_LOG_SECONDS:
+                self._failure_logged_at = now
+                log.exception("a metrics update failed (%s); the request is answered anyway, "
+                              "and this is logged at most once a minute", update.__name__)  # fmt: skip
+
+    return guarded
+
+
 class Metrics:
     """Every metric the service exports, registered on one registry."""
 
     def __init__(self) -> None:
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._failure_logged_at = -FAILURE_LOG_SECONDS
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -110,6 +138,7 @@ class Metrics:
             multiprocess_mode="liveall", registry=r,
         )  # fmt: skip
 
+    @_never_fails_a_request
     def observe_request(self, endpoint: str, method: str, status: str, seconds: float) -> None:
         """Count one answered request and its latency."""
         self._child(self.requests, endpoint, method, status).inc()
@@ -124,9 +153,16 @@ class Metrics:
             child = self._children.setdefault(key, metric.labels(*labels))
         return child
 
+    @_never_fails_a_request
+    def spooled(self, records: int) -> None:
+        """Count predictions appended to the spool."""
+        self.log_spooled.inc(records)
+
+    @_never_fails_a_request
     def observe_scores(self, scores: np.ndarray, is_fraud: np.ndarray, levels: np.ndarray) -> None:
-        """Record a batch of scores: the histogram in bulk, decisions by (is_fraud, risk
-        level); ``levels`` holds indices in :data:`RISK_LEVELS`."""
+        """Record a request's scores: its size, the histogram in bulk, decisions by (is_fraud,
+        risk level); ``levels`` holds indices in :data:`RISK_LEVELS`."""
+        self.batch_size.observe(len(scores))
         if len(scores) == 1:
             self.scores.observe(float(scores[0]))
             fraud = "true" if is_fraud[0] else "false"

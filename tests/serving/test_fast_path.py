@@ -18,6 +18,7 @@ from werkzeug.wrappers import Response
 
 import serving.api
 import serving.fast_path
+import serving.metrics
 from serving.fast_path import FastScore
 from serving.prediction_log import LogUnavailable
 
@@ -270,3 +271,30 @@ def test_under_gunicorn_clean_and_refused_requests_are_answered_and_counted(
     for status in ("200", "400"):
         assert re.search(rf'fraud_http_requests_total\{{endpoint="/v1/score",method="POST",'
                          rf'status="{status}"\}} 1\.0', metrics), status  # fmt: skip
+
+
+def test_a_metrics_failure_after_the_log_append_still_answers_once(paths, frames, monkeypatch,
+                                                                  caplog):  # fmt: skip
+    """Once a request's line is in the spool it is answered: neither path answers an error
+    (the client would score it again) and the fast path does not hand it to Flask (which would
+    log it a second time). Every metric a scored request updates fails here, as prometheus_client
+    does when the multiprocess directory's disk is full."""
+
+    class Full:
+        def __getattr__(self, name: str) -> Any:
+            raise OSError(28, "No space left on device")
+
+    metrics = paths.st.metrics
+    for name in ("scores", "batch_size", "log_spooled", "requests"):
+        monkeypatch.setattr(metrics, name, Full())
+    monkeypatch.setattr(metrics, "_children", {})
+    monkeypatch.setattr(serving.metrics, "FAILURE_LOG_SECONDS", 0.0)
+    body = json.dumps(rows_of(frames, 1)[0])
+    fast, flask = _both(paths, data=body, content_type="application/json", headers=RID)
+    assert fast[0].status_code == flask[0].status_code == 200
+    assert fast[0].get_data() == flask[0].get_data()
+    assert len(fast[2]) == len(flask[2]) == 1 and fast[2] == flask[2]
+    assert paths.views == [1]  # the Flask client's request only
+    failed = [r.getMessage() for r in caplog.records if "a metrics update failed" in r.getMessage()]
+    for update in ("spooled", "observe_scores", "observe_request"):
+        assert sum(f"({update})" in m for m in failed) == 2, (update, failed)
