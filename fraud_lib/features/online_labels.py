@@ -215,28 +215,35 @@ def fetch_labels(engine: Any, spec: BehaviorSpec, since: float | None = None,
         where += " AND l.transaction_id = ANY(:ids)"
         params["ids"] = ids
     frames = []
-    for name, column in spec.entities:
-        if name not in entities:
-            continue
-        col = column.replace("'", "''")
-        # the rows are chosen first: the JSON of only those is parsed
-        query = sa.text(
-            "WITH chosen AS MATERIALIZED (SELECT DISTINCT ON (p.transaction_id) p.transaction_id, "
-            "p.features, p.event_time AS t, extract(epoch FROM l.labeled_at) AS labeled_at, "
-            f"l.label FROM {pairs} WHERE {where} ORDER BY p.transaction_id, p.scored_at) "
-            f"SELECT transaction_id, features ->> '{col}' AS key, t, labeled_at, label "
-            f"FROM chosen WHERE features ->> '{col}' IS NOT NULL"
-        )
-        with engine.connect() as conn:
-            part = pd.DataFrame(conn.execute(query, params).fetchall(),
-                                columns=["transaction_id", "key", "t", "labeled_at", "label"])  # fmt: skip
-        part.insert(1, "entity", name)
-        frames.append(part)
+    # one snapshot for every entity: a label changed between two queries would otherwise reach
+    # one entity's rows and not the other's, and ``LabelCache.seen`` would keep the difference
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        for name, column in spec.entities:
+            if name in entities:
+                frames.append(_entity_labels(conn, name, column, pairs, where, params))
     if not frames:
         return pd.DataFrame(columns=["transaction_id", *LABEL_FRAME_COLUMNS])
     out = pd.concat(frames, ignore_index=True)
     out[["t", "labeled_at", "label"]] = out[["t", "labeled_at", "label"]].astype(np.float64)
     return out
+
+
+def _entity_labels(conn: Any, name: str, column: str, pairs: str, where: str,
+                   params: dict[str, Any]) -> pd.DataFrame:  # fmt: skip
+    """The labeled events of one entity (its key read from ``column`` of the logged JSON)."""
+    col = column.replace("'", "''")
+    # the rows are chosen first: the JSON of only those is parsed
+    query = sa.text(
+        "WITH chosen AS MATERIALIZED (SELECT DISTINCT ON (p.transaction_id) p.transaction_id, "
+        "p.features, p.event_time AS t, extract(epoch FROM l.labeled_at) AS labeled_at, "
+        f"l.label FROM {pairs} WHERE {where} ORDER BY p.transaction_id, p.scored_at) "
+        f"SELECT transaction_id, features ->> '{col}' AS key, t, labeled_at, label "
+        f"FROM chosen WHERE features ->> '{col}' IS NOT NULL"
+    )
+    part = pd.DataFrame(conn.execute(query, params).fetchall(),
+                        columns=["transaction_id", "key", "t", "labeled_at", "label"])  # fmt: skip
+    part.insert(1, "entity", name)
+    return part
 
 
 def logged_events(engine: Any, spec: BehaviorSpec, since: float | None = None) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from fraud_lib import store
 from fraud_lib.data import SECONDS_PER_DAY
@@ -106,3 +107,33 @@ def test_events_past_the_horizon_leave_the_cache(pg_engine, cache):
     refresh_label_cache(pg_engine, SPEC, cache)
     assert terminal_history(cache) == [(1, 2, 0), (37.5, 38, 0)]
     assert terminal_history(cache) == terminal_history(full_load(pg_engine))
+
+
+def test_every_entity_reads_the_labels_of_one_snapshot(pg_engine):
+    """Regression: each label-risk entity's query ran in its own snapshot, so a label changed
+    between them reached one entity and not the other (and the cache's record of what it holds
+    kept the difference until the next full reload). The change lands here between the two."""
+    import yaml
+
+    from fraud_lib.features.online_labels import fetch_labels
+
+    schema = yaml.safe_load(RAW_SCHEMA_PATH.read_text())
+    schema["behavior"]["label_risk"].append({"entity": "customer", "windows": ["30d"],
+                                             "stats": ["frauds"]})  # fmt: skip
+    spec = FeatureSchema.from_dict(schema).behavior
+    log_predictions(pg_engine, spec, events([("a", 0, 1, 0.5)]))
+    changed = []
+
+    def change_between(conn, cursor, statement, *args) -> None:
+        if "'terminal_id'" in statement and not changed:  # the second entity's query
+            changed.append(True)
+            label(pg_engine, "a", 0, 0.6)  # committed on another connection
+
+    sa.event.listen(pg_engine, "before_cursor_execute", change_between)
+    try:
+        frame = fetch_labels(pg_engine, spec)
+    finally:
+        sa.event.remove(pg_engine, "before_cursor_execute", change_between)
+    assert changed and sorted(frame["entity"]) == ["customer", "terminal"]
+    assert frame["label"].tolist() == [1.0, 1.0]  # both as of the first query
+    assert frame["labeled_at"].nunique() == 1
