@@ -157,7 +157,7 @@ def _seen(engine, spec, ids: list[str], timeout: float = 60) -> list[bool]:
 
 
 def _parity(url: str, engine, spec, rows: int, seed: int, say) -> dict:
-    from fraud_lib.features.parity import LABEL_QUERY_ALLOWANCE_SECONDS, check_parity, parity_world
+    from fraud_lib.features.parity import check_parity, parity_world, stated_label_lag
     from fraud_lib.features.replay import Replay
 
     world = parity_world(rows, 4, 14, seed=seed, now=time.time())
@@ -174,7 +174,8 @@ def _parity(url: str, engine, spec, rows: int, seed: int, say) -> dict:
             if conn.execute(query, {"ids": ids}).scalar_one() == len(ids):
                 break
         time.sleep(0.5)
-    report = check_parity(engine, spec, log, LABEL_REFRESH_SECONDS + LABEL_QUERY_ALLOWANCE_SECONDS)
+    metrics = requests.get(f"{url}/metrics", timeout=30).text
+    report = check_parity(engine, spec, log, stated_label_lag(LABEL_REFRESH_SECONDS, metrics))
     return {**report, "parity_replay_rows_per_s": round(len(world) / replay_s)}
 
 

@@ -76,7 +76,7 @@ class ServiceState:
                 if self._online is None:
                     from serving.raw_scoring import OnlineService
 
-                    self._online = OnlineService(self.settings, self.db.engine)
+                    self._online = OnlineService(self.settings, self.db.engine, self.metrics)
         return self._online
 
     def start(self) -> None:

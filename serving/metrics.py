@@ -38,6 +38,11 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 RISK_LEVELS = ("low", "medium", "high")  # the ``risk_level`` values, lowest first
 _DECISIONS = [(fraud, level) for fraud in ("false", "true") for level in RISK_LEVELS]
+# Background work whose duration bounds a staleness (README "Behavioral features", parity).
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0,
+    30.0, 60.0,
+)  # fmt: skip
 log = logging.getLogger(__name__)
 FAILURE_LOG_SECONDS = 60.0  # a failing metrics update is logged at most this often
 
@@ -132,6 +137,18 @@ class Metrics:
         self.log_write_errors = Counter(
             "fraud_prediction_log_write_errors", "Failed shipping attempts by reason.",
             ["reason"], registry=r,
+        )  # fmt: skip
+        self.log_copy_seconds = Histogram(
+            "fraud_prediction_log_copy_seconds",
+            "Prediction-log shipping transactions (COPY into Postgres and commit): a row's "
+            "written_at is its transaction's start, and it is visible from the commit.",
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.label_refresh_seconds = Histogram(
+            "fraud_label_refresh_seconds",
+            "Label risk cache refreshes (behavioral champions): a label counts from the end of "
+            "the first refresh that begins once it and its prediction row are in Postgres.",
+            buckets=DURATION_BUCKETS, registry=r,
         )  # fmt: skip
         self.log_db_up = Gauge(
             "fraud_prediction_log_db_up", "1 if this worker's last write to Postgres succeeded.",

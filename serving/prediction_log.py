@@ -302,7 +302,9 @@ class PredictionLog:
     def _insert(self, lines: list[bytes], src: Segments) -> None:
         rows, bad = decode_lines(lines)
         engine = self.engine_factory()
+        started = time.perf_counter()
         written = self._insert_isolating(engine, rows, bad)
+        self.metrics.log_copy_seconds.observe(time.perf_counter() - started)
         if bad:
             self._reject(bad, src)
         if self.db_up is not True:

@@ -193,9 +193,10 @@ def raw_example(schema: FeatureSchema) -> dict[str, Any]:
 class OnlineService:
     """The online computer of one worker (see the module docstring); created on first use."""
 
-    def __init__(self, settings: Any, engine_fn: Any) -> None:
+    def __init__(self, settings: Any, engine_fn: Any, metrics: Any = None) -> None:
         self.settings = settings
         self.engine_fn = engine_fn
+        self.metrics = metrics  # serving.metrics.Metrics: each refresh's duration
         self._client: redis.Redis | None = None
         self._computers: dict[BehaviorSpec, OnlineFeatures] = {}
         self._lock = threading.Lock()
@@ -246,10 +247,14 @@ class OnlineService:
 
     def _refresh(self, spec: BehaviorSpec, cache: LabelCache) -> None:
         """Bring ``cache`` up to the labels in Postgres (only what changed since the last)."""
+        started = time.perf_counter()
         try:
             refresh_label_cache(self.engine_fn(), spec, cache)
         except Exception as exc:  # Postgres down: keep the last labels, retry next tick
             log.warning("label risk cache not refreshed (%s); keeping the last one", exc)
+            return
+        if self.metrics is not None:  # the staleness bound: interval + two refreshes
+            self.metrics.label_refresh_seconds.observe(time.perf_counter() - started)
 
     def _refresher(self, spec: BehaviorSpec, cache: LabelCache) -> None:
         while not self._stop.wait(self.settings.label_refresh_seconds):

@@ -18,11 +18,12 @@ logged raw rows plus the labels table), except the cells *inside the lag*, defin
   from ``in_l = max(ack_l, written_l)``, the label's acknowledgement and the prediction row's
   ``written_at``. Row ``r`` is inside the lag when a label it counts offline (same ``E`` key,
   ``t_e + D < t_r < t_e + D + w``, ``labeled_at <= t_r``) came in less than ``label_lag``
-  seconds before ``send_q`` (or after): ``in_l > send_q - label_lag``, where ``label_lag`` is
-  the label cache's refresh interval plus :data:`LABEL_QUERY_ALLOWANCE_SECONDS` for two refresh
-  queries (a label committed just after a refresh began waits for it, the interval and the
-  next one; up to ~3 s each at load 12 on 2 cores) and the commit of the prediction row after
-  its ``written_at``. The largest lag a 104,000-row replay at load 12 needed was 2.8 s.
+  seconds before ``send_q`` (or after): ``in_l > send_q - label_lag``. :func:`stated_label_lag`
+  gives ``label_lag`` from what the service measured in the same run: the cache's refresh
+  interval, plus two refreshes (a label committed just after a refresh began waits for it, the
+  interval and the next one) and one prediction-log COPY (a row is visible from its commit, not
+  its ``written_at``), each as long as the longest of the run (``fraud_label_refresh_seconds``
+  and ``fraud_prediction_log_copy_seconds`` on ``/metrics``: the bucket bound above it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from fraud_lib.features.offline import build_features
 from fraud_lib.features.raw_data import generate_raw
 from fraud_lib.features.spec import SEP, BehaviorSpec
 
-LABEL_QUERY_ALLOWANCE_SECONDS = 5.0
+REFRESH_METRIC = "fraud_label_refresh_seconds"
+COPY_METRIC = "fraud_prediction_log_copy_seconds"
 PARITY_RTOL = 1e-9
 RAW_FIELDS = ("transaction_id", "timestamp", "customer_id", "terminal_id", "amount")
 
@@ -161,6 +163,28 @@ def lag_mask(spec: BehaviorSpec, events: pd.DataFrame, labels: pd.DataFrame, log
     return mask
 
 
+def histogram_bound(metrics_text: str, name: str) -> float:
+    """An upper bound of every observation of histogram ``name`` in a Prometheus text: the
+    smallest bucket bound that holds all of them (0 without observations)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != name:
+            continue
+        buckets = sorted((float(s.labels["le"]), s.value) for s in family.samples
+                         if s.name == f"{name}_bucket")  # fmt: skip
+        total = buckets[-1][1] if buckets else 0.0
+        return next((le for le, n in buckets if n >= total), 0.0) if total else 0.0
+    return 0.0
+
+
+def stated_label_lag(refresh_seconds: float, metrics_text: str) -> float:
+    """The label lag of a run (module docstring): the refresh interval, two of the longest
+    refreshes and the longest prediction-log COPY that the service's ``/metrics`` recorded."""
+    refresh = histogram_bound(metrics_text, REFRESH_METRIC)
+    return refresh_seconds + 2 * refresh + histogram_bound(metrics_text, COPY_METRIC)
+
+
 def relative_diff(online: np.ndarray, offline: np.ndarray) -> np.ndarray:
     """|online - offline| / max(|online|, |offline|); 0 where both are 0."""
     scale = np.maximum(np.abs(online), np.abs(offline))
@@ -183,6 +207,9 @@ def parity_report(spec: BehaviorSpec, online: pd.DataFrame, offline: pd.DataFram
         "parity_share_inside_lag": round(float(inside.any(axis=1).mean()), 4),
         "parity_share_inside_event_lag": round(float(mask[other].any(axis=1).mean()), 4),
         "parity_share_inside_label_lag": round(float(mask[risk].any(axis=1).mean()), 4),
+        "parity_label_risk_nonzero_compared": int(
+            ((offline[risk].to_numpy() != 0) & ~mask[risk].to_numpy()).sum()
+        ),
         "parity_cells_compared": int(outside.size),
         "parity_max_rel_diff": float(outside.max()) if outside.size else 0.0,
         "parity_worst_feature": str(online.columns[worst[1]]),
