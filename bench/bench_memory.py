@@ -4,11 +4,11 @@ it grows over many batches of 10,000.
     .venv/bin/python bench/bench_memory.py                 # 200 batches, ~2 min on 2 cores
     .venv/bin/python bench/bench_memory.py --batches 100 --format arrow   # Arrow bodies only
     .venv/bin/python bench/bench_memory.py --malloc-defaults             # glibc's malloc defaults
-    .venv/bin/python bench/bench_memory.py --in-process    # FRAUD_MODEL_FILES=off (the default)
+    .venv/bin/python bench/bench_memory.py --in-process    # FRAUD_MODEL_FILES=off (the old loader)
 
 Starts everything on 127.0.0.1 (an embedded Postgres in a temp dir, a temp MLflow store, a model
-trained on generated data and promoted, gunicorn with 1 worker and FRAUD_MODEL_FILES=on) and
-stops it by pid at the end.
+trained on generated data and promoted, gunicorn with 1 worker and FRAUD_MODEL_FILES=on, the
+default) and stops it by pid at the end.
 Measures the worker's resident set from /proc (``smaps``: by kind of mapping) when ready, after
 warm-up and every 10 batches of 10,000 (JSON and Arrow in turn), and the resident set of a fresh
 interpreter after importing what a worker imports (the imports alone). Results: a table on

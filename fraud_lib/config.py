@@ -295,7 +295,7 @@ class Settings:
             redis_url=_get(env, "FRAUD_REDIS_URL", ""),
             redis_port=_int(env, "FRAUD_REDIS_PORT", 6390),
             label_refresh_seconds=_float(env, "FRAUD_LABEL_REFRESH_SECONDS", 30.0),
-            model_files=parse_flag(_get(env, "FRAUD_MODEL_FILES", ""), "FRAUD_MODEL_FILES"),
+            model_files=parse_flag(_get(env, "FRAUD_MODEL_FILES", "on"), "FRAUD_MODEL_FILES"),
         )
         parse_flag(_get(env, "FRAUD_SPOOL_FSYNC", ""), "FRAUD_SPOOL_FSYNC")  # read by the workers
         if overrides:

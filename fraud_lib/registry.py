@@ -141,6 +141,23 @@ def _pip_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in pkgs]
 
 
+def _log_model_files(result: TrainResult, settings: Settings, meta: dict[str, Any]) -> None:
+    """Log the files a scoring worker loads the model from (``model_files/``: the compiled tree
+    arrays and the pipeline's canary scores, :mod:`serving.model_files`) to the active run, so
+    that a worker downloads them instead of loading the pipeline in a child process. A model
+    the canary or the compiled trees refuse logs none: the worker's child then decides."""
+    from serving.model_files.export import ARTIFACT_DIR, write_files
+
+    loaded = LoadedModel(settings.model_name, "", result.model, result.schema,
+                         result.threshold, meta)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        facts = write_files(loaded, Path(tmp))
+        if facts["status"] not in ("files", "in_process"):
+            log.warning("no model files logged: %s", facts.get("message", facts["status"]))
+            return
+        mlflow.log_artifacts(tmp, artifact_path=ARTIFACT_DIR)
+
+
 def log_model(
     result: TrainResult,
     settings: Settings,
@@ -199,6 +216,7 @@ def log_model(
             pip_requirements=_pip_requirements(),
             metadata={"fraudloop": meta},
         )
+        _log_model_files(result, settings, meta)
         run_id = run.info.run_id
     if not register:
         return None

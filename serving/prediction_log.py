@@ -35,7 +35,7 @@ from serving.spool import (
     SEGMENT_NAME,
     Segments,
     count_records,
-    decode_lines,
+    decode_pieces,
     line_records,
     reencode,
     write_all,
@@ -300,11 +300,17 @@ class PredictionLog:
         return 0
 
     def _insert(self, lines: list[bytes], src: Segments) -> None:
-        rows, bad = decode_lines(lines)
+        """COPY ``lines`` in pieces of ``batch_size`` rows (a 10,000-row line too: the
+        shipper never holds a whole block's tuples); the caller moves the offset only after
+        the last piece is in, and a piece stored twice after a crash is skipped (idempotent
+        on ``prediction_id``)."""
         engine = self.engine_factory()
-        started = time.perf_counter()
-        written = self._insert_isolating(engine, rows, bad)
-        self.metrics.log_copy_seconds.observe(time.perf_counter() - started)
+        written, bad = 0, []
+        for rows, unreadable in decode_pieces(lines, self.batch_size):
+            bad += unreadable
+            started = time.perf_counter()  # a piece is one transaction: visible at its commit
+            written += self._insert_isolating(engine, rows, bad)
+            self.metrics.log_copy_seconds.observe(time.perf_counter() - started)
         if bad:
             self._reject(bad, src)
         if self.db_up is not True:

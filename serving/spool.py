@@ -24,7 +24,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from itertools import repeat
 from pathlib import Path
@@ -79,35 +79,48 @@ def line_records(line: bytes) -> int:
     return 1
 
 
-def _block_features(block: Block) -> list[bytes]:
-    """The features of each prediction of ``block`` as JSON object text (UTF-8): the float64
-    matrix ``x`` as objects, the per-prediction objects of ``features``, or, with both (a raw
-    transaction's fields and its computed features), each ``features`` object followed by the
-    matrix row's columns, the document ``{**raw, **computed}`` the request path used to build."""
-    texts = None
+def _check_block(block: Block) -> None:
+    """Raise ValueError unless every per-prediction part of ``block`` has ``n`` entries (and
+    the features texts are UTF-8): a line is read whole or set aside whole."""
+    if any(len(getattr(block, name)) != block.n for name in _PER_ROW):
+        raise ValueError(f"a block of {block.n} predictions with lists of other lengths")
     if block.features is not None:
         if len(block.features) != block.n:
             raise ValueError("a block needs one features object per prediction")
-        texts = [bytes(f) for f in block.features]
-        for text in texts:
-            text.decode()  # UTF-8, or a ValueError: the line is set aside
+        for text in block.features:
+            bytes(text).decode()  # UTF-8, or a ValueError: the line is set aside
     if block.x is None:
-        if texts is None:
+        if block.features is None:
             raise ValueError("a block needs x or one features object per prediction")
-        return texts
+        return
     width = len(block.columns)
     if len(block.x) != 8 * width * block.n:
         raise ValueError(f"x holds {len(block.x)} bytes, not {block.n} x {width} float64")
-    X = np.frombuffer(block.x, dtype="<f8").reshape(block.n, width)
+    for text in block.features or ():
+        if not (bytes(text).startswith(b"{") and bytes(text).endswith(b"}")):
+            raise ValueError("a features entry of a block with x is not a JSON object")
+
+
+def _block_features(block: Block, start: int, stop: int) -> list[bytes]:
+    """The features of predictions ``start:stop`` of a checked ``block`` as JSON object text
+    (UTF-8): the float64 matrix ``x`` as objects, the per-prediction objects of ``features``,
+    or, with both (a raw transaction's fields and its computed features), each ``features``
+    object followed by the matrix row's columns, the document ``{**raw, **computed}`` the
+    request path used to build."""
+    texts = None if block.features is None else [bytes(f) for f in block.features[start:stop]]
+    if block.x is None:
+        assert texts is not None  # _check_block
+        return texts
+    width = len(block.columns)
+    X = np.frombuffer(block.x, dtype="<f8").reshape(block.n, width)[start:stop]
     row, encode = feature_row(tuple(block.columns)), _ENCODER.encode
     computed = [encode(row(*values)) for values in X.tolist()]
     return computed if texts is None else list(map(_joined, texts, computed))
 
 
 def _joined(first: bytes, second: bytes) -> bytes:
-    """Two JSON object texts as one object: ``first``'s members, then ``second``'s."""
-    if not (first.startswith(b"{") and first.endswith(b"}")):
-        raise ValueError("a features entry of a block with x is not a JSON object")
+    """Two JSON object texts as one object: ``first``'s members, then ``second``'s (both
+    objects: :func:`_check_block`)."""
     if first == b"{}" or second == b"{}":
         return second if first == b"{}" else first
     return first[:-1] + b"," + second[1:]
@@ -116,25 +129,48 @@ def _joined(first: bytes, second: bytes) -> bytes:
 def decode_lines(lines: Sequence[bytes]) -> tuple[list[tuple[Any, ...]], list[bytes]]:
     """Spool lines as rows for :func:`fraud_lib.store.copy_predictions` (tuples in
     ``PREDICTION_FIELDS`` order, features as UTF-8 JSON text), and the lines that cannot be read
-    (kept whole)."""
+    (kept whole): :func:`decode_pieces` in one piece."""
     rows: list[tuple[Any, ...]] = []
-    bad = []
+    bad: list[bytes] = []
+    for piece, unreadable in decode_pieces(lines, max(1, sum(map(line_records, lines)))):
+        rows += piece
+        bad += unreadable
+    return rows, bad
+
+
+def decode_pieces(
+    lines: Sequence[bytes], piece_rows: int
+) -> Iterator[tuple[list[tuple[Any, ...]], list[bytes]]]:
+    """:func:`decode_lines` in pieces of at most ``piece_rows`` rows (a 10,000-prediction line
+    is decoded ``piece_rows`` at a time, lines of a few rows are gathered), so the shipper holds
+    one piece's tuples and JSON texts at a time, not a whole block's; each piece with the lines
+    set aside since the last one. A line is checked whole before any of its rows is given."""
+    rows: list[tuple[Any, ...]] = []
+    bad: list[bytes] = []
     for line in lines:
         try:
             b = _BLOCK.decode(line)
-            if any(len(getattr(b, name)) != b.n for name in _PER_ROW):
-                raise ValueError(f"a block of {b.n} predictions with lists of other lengths")
-            features = _block_features(b)
+            _check_block(b)
             scored_at = datetime.fromtimestamp(b.scored_at, UTC)
         except (msgspec.DecodeError, ValueError, OverflowError, OSError):
             bad.append(line)  # msgspec.ValidationError (wrong types) is a DecodeError
             continue
-        rows += zip(
-            b.prediction_ids, b.transaction_ids, repeat(scored_at), b.event_times, features,
-            b.scores, b.is_fraud, repeat(b.threshold), b.risk_levels, repeat(b.model_name),
-            repeat(b.model_version), repeat(b.request_id), strict=False,  # all n long (checked)
-        )  # fmt: skip
-    return rows, bad
+        start = 0
+        while start < b.n:
+            stop = min(b.n, start + piece_rows - len(rows))
+            rows += zip(
+                b.prediction_ids[start:stop], b.transaction_ids[start:stop], repeat(scored_at),
+                b.event_times[start:stop], _block_features(b, start, stop),
+                b.scores[start:stop], b.is_fraud[start:stop], repeat(b.threshold),
+                b.risk_levels[start:stop], repeat(b.model_name), repeat(b.model_version),
+                repeat(b.request_id), strict=False,  # all stop - start long (checked)
+            )  # fmt: skip
+            start = stop
+            if len(rows) >= piece_rows:
+                yield rows, bad
+                rows, bad = [], []
+    if rows or bad:
+        yield rows, bad
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -60,7 +60,7 @@ class AliasLookup:
     def _engine_for(self, uri: str) -> Any | None:
         with self._lock:
             if self._engine_uri != uri:
-                self._engine, self._engine_uri = _read_only_engine(uri), uri
+                self._engine, self._engine_uri = read_only_engine(uri), uri
             return self._engine
 
     def _sql_alias(self, uri: str, name: str, alias: str) -> str | None:
@@ -78,7 +78,7 @@ class AliasLookup:
         return None if version is None else str(version)
 
 
-def _read_only_engine(uri: str) -> Any | None:
+def read_only_engine(uri: str) -> Any | None:
     """An engine on the tracking store; None for a SQLite file that does not exist (opening
     it read-only leaves it to MLflow to create)."""
     if uri.lower().startswith("sqlite:"):
@@ -98,7 +98,8 @@ def _has_no_alias_table(engine: Any) -> bool:
         return False
 
 
-def _rest_alias(uri: str, name: str, alias: str) -> str | None:
+def rest_get(uri: str, path: str, params: dict[str, str]) -> requests.Response:
+    """``GET path`` on the MLflow server at ``uri``, with MLflow's auth and TLS variables."""
     env = os.environ
     headers = {}
     auth = None
@@ -110,10 +111,13 @@ def _rest_alias(uri: str, name: str, alias: str) -> str | None:
     if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
         verify = False
     parts = urlsplit(uri)
-    url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + REST_PATH, "", ""))
-    resp = requests.get(url, params={"name": name, "alias": alias},
-                        headers=headers, auth=auth, verify=verify,
+    url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + path, "", ""))
+    return requests.get(url, params=params, headers=headers, auth=auth, verify=verify,
                         timeout=REST_TIMEOUT_SECONDS)  # fmt: skip
+
+
+def _rest_alias(uri: str, name: str, alias: str) -> str | None:
+    resp = rest_get(uri, REST_PATH, {"name": name, "alias": alias})
     if resp.status_code == 200:
         return str(resp.json()["model_version"]["version"])
     try:

@@ -1,4 +1,5 @@
-"""The worker's side: run the export child, read its files, check the kernel on the canary."""
+"""The worker's side: download the files logged with a version (or, for a version logged
+before they existed, run the export child), read them, check the kernel on the canary."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import numpy as np
 from fraud_lib.config import Settings
 from fraud_lib.errors import RegistryError
 from fraud_lib.schema import FeatureSchema
+from serving.model_files.artifacts import fetch_logged_files
+from serving.model_files.export import MODEL_JSON, TREES_NPZ, file_digest
 from serving.scoring import CanaryError, ServedModel, canary_matrix, check_predictor, prepare
 from serving.trees import CompiledTrees
 
@@ -74,7 +77,7 @@ def _run_export(settings: Settings, version: str, out: Path) -> dict[str, Any]:
                               text=True, timeout=EXPORT_TIMEOUT_SECONDS, check=False)  # fmt: skip
     except subprocess.TimeoutExpired:
         raise RegistryError(f"loading took more than {EXPORT_TIMEOUT_SECONDS} s") from None
-    result = out / "model.json"
+    result = out / MODEL_JSON
     if done.returncode != 0 or not result.exists():
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RegistryError(f"the model export process failed (exit {done.returncode}): {tail}")
@@ -94,24 +97,39 @@ def _export_dir(settings: Settings, version: str) -> Path:
 
 
 def _exported(settings: Settings, version: str) -> tuple[dict[str, Any], Path]:
-    """``model.json`` of ``version`` and the directory of its files: exported by the first
-    worker that asks (the others wait on its lock, then read its files; a rollback to a
+    """``model.json`` of ``version`` and the directory of its files: downloaded from the
+    version's run (or exported by the child for a version logged without them) by the first
+    worker that asks; the others wait on its lock, then read its files (a rollback to a
     version served before reads them again). A version that failed to load is not kept: a
     retry runs the child again."""
     target = _export_dir(settings, version)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f"v{version}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "model.json").exists():
-            return json.loads((target / "model.json").read_text()), target
+        if (target / MODEL_JSON).exists():
+            return json.loads((target / MODEL_JSON).read_text()), target
         tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
         try:
-            facts = _run_export(settings, version, tmp)
+            if fetch_logged_files(settings, version, tmp):
+                facts = _logged_facts(tmp, version)
+                facts |= {"name": settings.model_name, "version": version}
+                (tmp / MODEL_JSON).write_text(json.dumps(facts))
+            else:
+                facts = _run_export(settings, version, tmp)
             if facts["status"] != "load_failed":
                 tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return facts, target
+
+
+def _logged_facts(where: Path, version: str) -> dict[str, Any]:
+    """The downloaded ``model.json`` of ``version``; RegistryError when it is not JSON."""
+    try:
+        return json.loads((where / MODEL_JSON).read_text())
+    except ValueError as exc:
+        log.error("version %s refused: its logged %s is unreadable (%s)", version, MODEL_JSON, exc)
+        raise RegistryError(f"the logged {MODEL_JSON} of version {version} is unreadable") from None
 
 
 def load_version(settings: Settings, version: str) -> Any:
@@ -135,11 +153,32 @@ def load_version(settings: Settings, version: str) -> Any:
                        threshold=float(facts["threshold"]), meta=facts["meta"],
                        canary_error=facts.get("message"))  # fmt: skip
     if status == "files":
-        with np.load(where / "trees.npz", allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in CompiledTrees.ARRAYS}
-        files.compiled = CompiledTrees(arrays, facts["baseline"], facts["n_features"])
+        files.compiled = _read_trees(where, facts)
         files.reference = np.asarray(facts["reference"], dtype=float)
     return files
+
+
+def _read_trees(where: Path, facts: dict[str, Any]) -> CompiledTrees:
+    """The compiled trees of ``where/trees.npz``, once its digest is the one ``model.json``
+    names. A missing, truncated or altered file is refused (RegistryError: the worker keeps its
+    model) and dropped from the cache, so that ``/admin/reload`` fetches it again."""
+    version = facts["version"]
+    path = where / TREES_NPZ
+    try:
+        expected = facts.get("trees_sha256")
+        if expected is not None and file_digest(path) != expected:
+            raise ValueError(f"its SHA-256 is not the {expected[:12]}... logged with it")
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in CompiledTrees.ARRAYS}
+        return CompiledTrees(arrays, facts["baseline"], facts["n_features"])
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("version %s refused: its trees file %s is unreadable (%s)", version, path,
+                  reason)  # fmt: skip
+        shutil.rmtree(where, ignore_errors=True)
+        raise RegistryError(
+            f"the trees file of version {version} is unreadable: {reason}"
+        ) from None
 
 
 def prepare_any(loaded: Any) -> ServedModel:

@@ -21,7 +21,7 @@ from conftest import wait_logged
 from fraud_lib import store
 from serving.metrics import Metrics
 from serving.prediction_log import PredictionLog
-from serving.spool import Block, decode_lines, encode_block, line_records
+from serving.spool import Block, decode_lines, decode_pieces, encode_block, line_records
 
 FEATURES = ("V1", "V2", "Amount")
 
@@ -157,6 +157,46 @@ def test_unreadable_lines_are_set_aside_whole_and_the_rest_decoded():
     rows, bad = decode_lines([good, *damaged])
     assert [r["prediction_id"] for r in as_dicts(rows)] == pids
     assert bad == damaged
+
+
+def test_pieces_split_big_lines_gather_small_ones_and_decode_as_one():
+    big, big_pids = lines_for(1001, prefix="big")
+    small = [lines_for(3, prefix=f"s{i}")[0] for i in range(5)]
+    lines = [small[0], big, b"not json", *small[1:]]
+    pieces = list(decode_pieces(lines, 400))
+    assert [len(rows) for rows, _ in pieces] == [400, 400, 216]  # 3 + 1,001 + 4 x 3 rows
+    assert [bad for _, bad in pieces] == [[], [], [b"not json"]]
+    whole, bad = decode_lines(lines)
+    assert [row for rows, _ in pieces for row in rows] == whole and bad == [b"not json"]
+    assert [r["prediction_id"] for r in as_dicts(whole)][3:1004] == big_pids
+
+
+def test_a_big_line_is_copied_in_pieces_and_its_offset_moves_after_the_last(
+    log_settings, pg_engine, monkeypatch
+):
+    """A 1,000-row line with batch size 100: ten COPYs; Postgres failing on the sixth leaves
+    the offset before the line, and the retry stores every row once (the first five pieces
+    again: skipped as already stored)."""
+    from fraud_lib.errors import DatabaseError
+
+    calls = []
+    copy = store.copy_predictions
+
+    def flaky(bind, rows):
+        calls.append(len(rows))
+        if len(calls) == 6:
+            raise DatabaseError("postgres went away (simulated)")
+        return copy(bind, rows)
+
+    monkeypatch.setattr(store, "copy_predictions", flaky)
+    log = make_log(log_settings, pg_engine)
+    data, pids = lines_for(1000, prefix="pieces")
+    log.start()
+    log.append(data, len(pids))
+    wait_logged(pg_engine, pids)
+    assert calls[:6] == [100] * 6 and len(calls) == 16
+    assert store.prediction_count(pg_engine) == 1000
+    assert log.close(timeout=10)  # everything shipped: the offset is past the line
 
 
 def test_a_replayed_batch_inserts_only_the_new_rows(pg_engine):
