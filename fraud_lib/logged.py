@@ -22,7 +22,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from fraud_lib.input_rules import TimestampBounds
 from fraud_lib.logged_json import FeatureColumns, NotNumeric
-from fraud_lib.store import BASE_COLUMNS, begin
+from fraud_lib.store import begin
+from fraud_lib.tables import BASE_COLUMNS
 
 log = logging.getLogger(__name__)
 
