@@ -150,6 +150,11 @@ def _raw_transactions(st: Any, served: Any) -> tuple[Transactions, np.ndarray, d
                      st.settings.timestamp_bounds)  # fmt: skip
 
 
+class LoggedError(Exception):
+    """A failure after a request's spool line was appended: the request is logged, so it must
+    not be run again (:mod:`serving.fast_path` hands it to Flask to answer, never to re-run)."""
+
+
 class Answer(NamedTuple):
     """A scored request's 200 answer: its body, content type, and what to call once sent."""
 
@@ -161,7 +166,8 @@ class Answer(NamedTuple):
 def log_and_answer(st: Any, served: Any, txs: Transactions, scores: np.ndarray,
                    logged: dict[str, Any], request_id: str, arrow: bool) -> Answer:  # fmt: skip
     """The answer to scored transactions, encoded first, then logged (one spool line: raises
-    the 503 :class:`ApiError` if the log refuses it, and nothing is answered) and counted.
+    the 503 :class:`ApiError` if the log refuses it, and nothing is answered) and counted (a
+    failure from there on is a :class:`LoggedError`).
     Both the Flask view and :mod:`serving.fast_path` answer through this."""
     n = len(txs)
     threshold = float(served.threshold)
@@ -203,8 +209,11 @@ def log_and_answer(st: Any, served: Any, txs: Transactions, scores: np.ndarray,
             "the prediction could not be logged, so it is not answered; retry later "
             f"({SEE_LOG}, request id {request_id})",
         ) from None
-    st.metrics.observe_scores(scores, flagged, levels)
-    st.metrics.batch_size.observe(n)
+    try:
+        st.metrics.observe_scores(scores, flagged, levels)
+        st.metrics.batch_size.observe(n)
+    except Exception as exc:
+        raise LoggedError(f"request {request_id}: logged, then counting failed: {exc!r}") from exc
     # freed once the answer is sent: for 10,000 rows the decoded records alone take ~4 ms
     on_close: list[Callable[[], Any]] = [keep.clear]
     if full:  # wake the shipper once the answer is sent: woken before, its decoding took the
