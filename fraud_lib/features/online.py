@@ -31,6 +31,7 @@ import pandas as pd
 from fraud_lib.features.kernels import (
     group_slices,
     grouped_searchsorted,
+    label_counts,
     window_moments,
 )
 from fraud_lib.features.offline import calendar_features, window_stat
@@ -202,6 +203,8 @@ def _label_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nda
     found position are counted with a running sum (labels not kept stay in the order)."""
     out: dict[str, np.ndarray] = {}
     risks = [r for r in spec.label_risk if r.entity == entity]
+    if len(codes) <= SMALL_BATCH:
+        return _few_label_features(risks, batch, codes, labels)
     by_time = _by_key(labels.codes, labels.t)
     lo, hi = group_slices(labels.codes[by_time], codes)
     known = np.isfinite(labels.known)
@@ -223,6 +226,26 @@ def _label_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nda
             frauds, labeled = values["frauds"], values["labeled"]
             values["rate"] = np.divide(frauds, labeled, out=np.zeros_like(frauds),
                                        where=labeled > 0)  # fmt: skip
+            for r in risks:
+                if (r.window, r.delay) == (window, delay):
+                    out[r.name] = values[r.stat]
+    return out
+
+
+def _few_label_features(risks: list, batch: Batch, codes: np.ndarray,
+                        labels: LabelHistory) -> dict[str, np.ndarray]:  # fmt: skip
+    """:func:`_label_features` of a small batch: the same window edges, and per row its key's
+    labels inside them counted by one compiled scan (:func:`kernels.label_counts`)."""
+    out: dict[str, np.ndarray] = {}
+    for delay in dict.fromkeys(r.delay for r in risks):
+        shifted = labels.t + (delay.seconds if delay else 0.0)
+        begin = np.maximum(np.nextafter(shifted, np.inf), labels.known)
+        for window in dict.fromkeys(r.window for r in risks if r.delay == delay):
+            frauds, labeled = label_counts(labels.codes, labels.known, begin,
+                                           shifted + window.seconds, labels.y, codes,
+                                           batch.times)  # fmt: skip
+            rate = np.divide(frauds, labeled, out=np.zeros_like(frauds), where=labeled > 0)
+            values = {"frauds": frauds, "labeled": labeled, "rate": rate}
             for r in risks:
                 if (r.window, r.delay) == (window, delay):
                     out[r.name] = values[r.stat]
