@@ -182,8 +182,10 @@ def _entity_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nd
             for w in windows
         ]
         moments = dict(zip(windows, window_moments(x, ranges), strict=True))
+        current = {a.window: moments[a.window].with_current(x_rows)
+                   for a in group if a.include_current}  # fmt: skip
         for a in group:
-            m = moments[a.window].with_current(x_rows) if a.include_current else moments[a.window]
+            m = current[a.window] if a.include_current else moments[a.window]
             out[a.name] = window_stat(a, m, x_rows)
     if any(s.entity == entity for s in spec.time_since):
         has = earlier > start
