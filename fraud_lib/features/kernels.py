@@ -96,10 +96,29 @@ class Moments:
         self.mx[idx] = np.maximum(self.mx[idx], mxb)
 
     def with_current(self, x: np.ndarray) -> Moments:
-        """A copy with each row's own value added (windows that include the current event)."""
-        out = Moments(self.n.copy(), self.s.copy(), self.m2.copy(), self.mx.copy())
-        out.add(slice(None), 1.0, x, np.zeros_like(x), x)
+        """A copy with each row's own value added (windows that include the current event):
+        :meth:`add` of one-value blocks, compiled (the same float operations; ~10 numpy calls
+        on one-row arrays were a fifth of an online transaction's feature time)."""
+        out = Moments.empty(len(self.n))
+        _add_current(self.n, self.s, self.m2, self.mx, np.asarray(x, dtype=np.float64),
+                     out.n, out.s, out.m2, out.mx)  # fmt: skip
         return out
+
+
+@numba.njit("void(float64[:], float64[:], float64[:], float64[:], float64[:], float64[:],"
+            " float64[:], float64[:], float64[:])", nogil=True, cache=False)  # fmt: skip
+def _add_current(n, s, m2, mx, x, n_out, s_out, m2_out, mx_out):  # pragma: no cover - compiled
+    """:meth:`Moments.add` of ``nb = 1`` blocks ``x`` (sum ``x``, moment 0, max ``x``) into
+    every row, written to the ``*_out`` arrays, operation for operation."""
+    for i in range(n.shape[0]):
+        na, sa = n[i], s[i]
+        total = na + 1.0
+        mean_a = sa / na if na > 0 else 0.0
+        delta = x[i] / 1.0 - mean_a
+        m2_out[i] = m2[i] + 0.0 + delta * delta * (na * 1.0 / total)
+        s_out[i] = sa + x[i]
+        n_out[i] = total
+        mx_out[i] = np.maximum(mx[i], x[i])
 
 
 SMALL_QUERIES = 64  # up to this many windows, each is summed on its own (compiled)

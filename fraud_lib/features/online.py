@@ -129,7 +129,8 @@ def _by_key(codes: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
     return order[np.argsort(keys, kind="stable")]
 
 
-def _event_order(codes: np.ndarray, t: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def _event_order(codes: np.ndarray, t: np.ndarray, ids: np.ndarray,
+                 one_key: bool = False) -> np.ndarray:  # fmt: skip
     """The events sorted by (key, time, id hash), a retried transaction's stored copy (same
     key, time and id as another event) dropped.
 
@@ -137,8 +138,9 @@ def _event_order(codes: np.ndarray, t: np.ndarray, ids: np.ndarray) -> np.ndarra
     alone (fast on such runs) is usually already that order; only the keys whose times are not
     strictly increasing are sorted again by (time, id) in place, and only they can hold such a
     copy. The result is the full three-key sort's (a batch of 10,000 over ~200,000 stored
-    events: the full sort took ~60 ms per entity)."""
-    order = _by_key(codes)
+    events: the full sort took ~60 ms per entity). ``one_key``: every code is 0 (one
+    transaction), nothing to group."""
+    order = np.arange(len(codes)) if one_key else _by_key(codes)
     s_codes, s_t = codes[order], t[order]
     unsorted = (np.diff(s_codes) == 0) & (np.diff(s_t) <= 0)
     if not unsorted.any():
@@ -166,7 +168,7 @@ def _entity_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nd
     all_codes = np.concatenate([hist.codes, codes])
     all_t = np.concatenate([rec["t"], batch.times])
     all_ids = np.concatenate([rec["id"], batch.ids])
-    order = _event_order(all_codes, all_t, all_ids)
+    order = _event_order(all_codes, all_t, all_ids, one_key=not codes.any())
     s_codes, s_t = all_codes[order], all_t[order]
     start, end = group_slices(s_codes, codes)
     earlier = grouped_searchsorted(s_t, start, end, batch.times, "left")

@@ -186,6 +186,23 @@ def test_few_windows_summed_one_by_one_equal_the_sparse_table_bit_for_bit(seed, 
                 assert np.array_equal(getattr(a, field), getattr(b, field)), field
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_adding_the_current_event_compiled_equals_the_vectorised_add_bit_for_bit(seed):
+    from fraud_lib.features.kernels import Moments
+
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 500))
+    x = rng.standard_normal(k) * 10.0 ** int(rng.integers(-3, 6)) + 1e4 * (seed % 2)
+    n = rng.integers(0, 50, k).astype(np.float64)
+    m = Moments(n, rng.standard_normal(k) * n * 100, rng.random(k) * n * 1e3,
+                np.where(n > 0, rng.standard_normal(k) * 100, -np.inf))  # fmt: skip
+    expected = Moments(m.n.copy(), m.s.copy(), m.m2.copy(), m.mx.copy())
+    expected.add(slice(None), 1.0, x, np.zeros_like(x), x)
+    got = m.with_current(x)
+    for field in ("n", "s", "m2", "mx"):
+        assert np.array_equal(getattr(got, field), getattr(expected, field)), field
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_few_rows_label_risk_by_one_scan_equals_the_sorted_count(seed, monkeypatch):
     # small batches count each row's labels in one compiled scan; large ones by sorted edges
