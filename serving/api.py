@@ -163,8 +163,8 @@ def log_and_answer(st: Any, served: Any, txs: Transactions, scores: np.ndarray,
     """The answer to scored transactions, encoded first, then logged (one spool line: raises
     the 503 :class:`ApiError` if the log refuses it, and nothing is answered) and counted.
     Nothing raises once the line is appended (the metrics updates never do), so a logged
-    request is always answered, and never handed to Flask to be scored and logged again. Both the Flask view and
-    :mod:`serving.fast_path` answer through this."""
+    request is always answered, and never handed to Flask to be scored and logged again.
+    Both the Flask view and :mod:`serving.fast_path` answer through this."""
     n = len(txs)
     threshold = float(served.threshold)
     flagged = scores >= threshold

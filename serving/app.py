@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from fraud_lib import pgserver, store
 from fraud_lib.config import Settings
-from serving.fast_path import REQUEST_ID_KEY, STARTED_KEY, FastScore, request_id
+from serving.fast_path import FAILED_KEY, REQUEST_ID_KEY, STARTED_KEY, FastScore, request_id
 from serving.http_errors import body_too_large, error_code
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
@@ -136,6 +136,9 @@ def _register_request_metrics(app: Flask, metrics: Metrics) -> None:
         g.request_id = environ.get(REQUEST_ID_KEY) or request_id(
             request.headers.get("X-Request-ID", "")
         )
+        failed = environ.get(FAILED_KEY)
+        if failed is not None:  # the fast path kept something, then failed: answer, not re-run
+            raise failed
 
     @app.after_request
     def record(response: Response) -> Response:

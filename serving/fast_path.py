@@ -3,16 +3,25 @@
 Of the ~0.28 ms of worker CPU a single transaction took on a quiet machine (py-spy, README
 "Profile of one request"), ~0.08 ms was Flask and werkzeug (request and response objects,
 routing, context push and pop, signals, the before/after hooks). :class:`FastScore` wraps
-``app.wsgi_app``: a JSON request to ``/v1/score`` whose body the typed decoder accepts
-(:func:`serving.typed_batch.decode_batch`) is scored, logged and answered here through the same
-code as the Flask view (:func:`serving.api.score_validated`, :func:`serving.api.log_and_answer`),
-with the same bytes, headers and metrics. Everything else goes to Flask unchanged: another path
-or method, no Content-Length or one beyond ``MAX_CONTENT_LENGTH`` (413), a chunked body, another
-content type (415, Arrow), an ``Accept`` naming Arrow, no model (503), a behavioral champion,
-and any body the typed decoder refuses or that fails later (its bytes put back into
-``wsgi.input``), so every error answer is Flask's JSON error model. Nothing is logged before a
-request is handed over: the spool append is the last step that can fail, and it keeps nothing
-when it does.
+``app.wsgi_app``: a JSON request to ``/v1/score`` is scored, logged and answered here through the
+same code as the Flask view (:func:`serving.api.score_validated` for a body the typed decoder
+accepts, :func:`serving.raw_scoring.score_raw`'s two steps for a behavioral champion's raw
+transactions, then :func:`serving.api.log_and_answer`), with the same bytes, headers and metrics.
+Everything else goes to Flask unchanged: another path or method, no Content-Length or one beyond
+``MAX_CONTENT_LENGTH`` (413), a chunked body, another content type (415, Arrow), an ``Accept``
+naming Arrow, no model (503).
+
+A request that fails is handed to Flask (its bytes put back into ``wsgi.input``), so every error
+answer is Flask's JSON error model, in one of two ways:
+
+* failed before anything was kept (the typed decoder refused the body, validation, a bug before
+  the log append): Flask runs the request again and answers it (a recurring bug: its 500);
+* failed after a raw request's events were appended to the online state (e.g. the spool refused
+  its line): running it again would count the events twice, so Flask answers that failure
+  (:data:`FAILED_KEY`, raised by the app's ``before_request`` hook) without running the view.
+
+Once the spool line is appended nothing fails (:func:`serving.api.log_and_answer`: the metrics
+updates never raise), so a logged request is always answered here, never logged twice.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from werkzeug.wsgi import ClosingIterator
 from serving.api import log_and_answer, new_ids, score_validated
 from serving.request_body import BulkBody
 from serving.typed_batch import decode_batch
-from serving.validation import ApiError, is_json_mimetype
+from serving.validation import ApiError, decode_json, is_json_mimetype
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,8 @@ SCORE_PATH = "/v1/score"
 # request keeps its id and its latency counts from its arrival (serving.app's hooks read them).
 REQUEST_ID_KEY = "fraudloop.request_id"
 STARTED_KEY = "fraudloop.started"
+# The failure of a request that kept something before it failed: Flask answers it, never re-runs it.
+FAILED_KEY = "fraudloop.failed"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -77,13 +88,14 @@ class FastScore:
             return self.flask(environ, start_response)
         stream = environ["wsgi.input"]
         body = stream.read_rest() if isinstance(stream, BulkBody) else stream.read(length)
+        kept: list[bool] = []  # set once something is kept (state events, the spool line)
         try:
-            answer = self._answer(body, length, served, rid)
-        except ApiError:  # nothing was logged: Flask answers the error
-            answer = None
-        except Exception:  # a bug: Flask runs the request again and answers its 500 if it recurs
+            answer = self._answer(body, length, served, rid, kept)
+        except ApiError as exc:
+            answer = self._hand_over(environ, exc, kept)
+        except Exception as exc:  # a bug
             log.exception("request %s: the fast path failed; handing the request to Flask", rid)
-            answer = None
+            answer = self._hand_over(environ, exc, kept)
         if answer is None:
             environ["wsgi.input"] = io.BytesIO(body)
             return self.flask(environ, start_response)
@@ -94,9 +106,17 @@ class FastScore:
         start_response("200 OK", headers)
         return ClosingIterator([answer.body], answer.on_close)
 
+    @staticmethod
+    def _hand_over(environ: dict[str, Any], exc: Exception, kept: list[bool]) -> None:
+        """Hand a failed request to Flask: to answer its failure if it kept something, else to
+        run it again (an :class:`ApiError`: nothing was logged, Flask answers the same error;
+        a bug: Flask answers its 500 if it recurs)."""
+        if kept:
+            environ[FAILED_KEY] = exc
+
     def _candidate_length(self, environ: dict[str, Any], served: Any) -> int | None:
         """The body length of a request the fast path may answer; None: Flask answers it."""
-        if served is None or served.schema.behavior is not None:
+        if served is None:
             return None
         declared = environ.get("CONTENT_LENGTH", "")
         if not (declared.isascii() and declared.isdigit()) or "HTTP_TRANSFER_ENCODING" in environ:
@@ -110,13 +130,23 @@ class FastScore:
             return None
         return length
 
-    def _answer(self, body: bytes, length: int, served: Any, rid: str) -> Any:
-        """The :class:`serving.api.Answer` of a clean body (logged); None if it is not clean."""
+    def _answer(self, body: bytes, length: int, served: Any, rid: str, kept: list[bool]) -> Any:
+        """The :class:`serving.api.Answer` of a clean body (logged); None if it is not clean.
+        ``kept`` gets an item once something is kept (see the module docstring)."""
         if len(body) != length:  # the client hung up early
             return None
         st = self.state
-        txs = decode_batch(body, served.schema, st.settings.max_batch)
-        if txs is None:
-            return None
-        scores, logged = score_validated(served, txs)
+        if served.schema.behavior is not None:
+            from serving.raw_scoring import score_valid_raw, validate_raw  # as the view: lazily
+
+            settings = st.settings
+            txs, times = validate_raw(decode_json(body), served.schema, settings.max_batch,
+                                      settings.timestamp_bounds)  # fmt: skip
+            kept.append(True)  # the next call appends the events to the online state
+            scores, logged = score_valid_raw(st.online, served, txs, times)
+        else:
+            txs = decode_batch(body, served.schema, st.settings.max_batch)
+            if txs is None:
+                return None
+            scores, logged = score_validated(served, txs)
         return log_and_answer(st, served, txs, scores, logged, rid, arrow=False)

@@ -270,9 +270,17 @@ class OnlineService:
 def score_raw(online: OnlineService, served: Any, payload: Any, max_batch: int,
               bounds: TimestampBounds) -> tuple[Transactions, np.ndarray, dict[str, Any]]:  # fmt: skip
     """Validate, compute the features, score; returns (transactions, scores, what to log)."""
+    txs, times = validate_raw(payload, served.schema, max_batch, bounds)
+    scores, logged = score_valid_raw(online, served, txs, times)
+    return txs, scores, logged
+
+
+def score_valid_raw(online: OnlineService, served: Any, txs: Transactions,
+                    times: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+    """Features of validated raw transactions from the online state (their events appended to
+    it: from here on, running the request again would count them twice), scores, what to log."""
     schema: FeatureSchema = served.schema
     spec = schema.behavior
-    txs, times = validate_raw(payload, schema, max_batch, bounds)
     records = txs.records or []
     for i, tx in enumerate(txs.ids):  # ids are needed now: they identify events in the state
         if tx is None:
@@ -300,4 +308,4 @@ def score_raw(online: OnlineService, served: Any, payload: Any, max_batch: int,
         values = {c: np.asarray(columns[c], dtype=np.float64) for c in spec.numeric} | features
         scores = np.asarray(served.score_matrix(np.column_stack([values[c] for c in
                                                                  schema.features])), float)  # fmt: skip
-    return txs, scores, logged
+    return scores, logged

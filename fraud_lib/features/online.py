@@ -31,6 +31,7 @@ import pandas as pd
 from fraud_lib.features.kernels import (
     group_slices,
     grouped_searchsorted,
+    label_counts,
     window_moments,
 )
 from fraud_lib.features.offline import calendar_features, window_stat
@@ -128,7 +129,8 @@ def _by_key(codes: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
     return order[np.argsort(keys, kind="stable")]
 
 
-def _event_order(codes: np.ndarray, t: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def _event_order(codes: np.ndarray, t: np.ndarray, ids: np.ndarray,
+                 one_key: bool = False) -> np.ndarray:  # fmt: skip
     """The events sorted by (key, time, id hash), a retried transaction's stored copy (same
     key, time and id as another event) dropped.
 
@@ -136,8 +138,9 @@ def _event_order(codes: np.ndarray, t: np.ndarray, ids: np.ndarray) -> np.ndarra
     alone (fast on such runs) is usually already that order; only the keys whose times are not
     strictly increasing are sorted again by (time, id) in place, and only they can hold such a
     copy. The result is the full three-key sort's (a batch of 10,000 over ~200,000 stored
-    events: the full sort took ~60 ms per entity)."""
-    order = _by_key(codes)
+    events: the full sort took ~60 ms per entity). ``one_key``: every code is 0 (one
+    transaction), nothing to group."""
+    order = np.arange(len(codes)) if one_key else _by_key(codes)
     s_codes, s_t = codes[order], t[order]
     unsorted = (np.diff(s_codes) == 0) & (np.diff(s_t) <= 0)
     if not unsorted.any():
@@ -165,7 +168,7 @@ def _entity_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nd
     all_codes = np.concatenate([hist.codes, codes])
     all_t = np.concatenate([rec["t"], batch.times])
     all_ids = np.concatenate([rec["id"], batch.ids])
-    order = _event_order(all_codes, all_t, all_ids)
+    order = _event_order(all_codes, all_t, all_ids, one_key=not codes.any())
     s_codes, s_t = all_codes[order], all_t[order]
     start, end = group_slices(s_codes, codes)
     earlier = grouped_searchsorted(s_t, start, end, batch.times, "left")
@@ -181,8 +184,10 @@ def _entity_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nd
             for w in windows
         ]
         moments = dict(zip(windows, window_moments(x, ranges), strict=True))
+        current = {a.window: moments[a.window].with_current(x_rows)
+                   for a in group if a.include_current}  # fmt: skip
         for a in group:
-            m = moments[a.window].with_current(x_rows) if a.include_current else moments[a.window]
+            m = current[a.window] if a.include_current else moments[a.window]
             out[a.name] = window_stat(a, m, x_rows)
     if any(s.entity == entity for s in spec.time_since):
         has = earlier > start
@@ -202,6 +207,8 @@ def _label_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nda
     found position are counted with a running sum (labels not kept stay in the order)."""
     out: dict[str, np.ndarray] = {}
     risks = [r for r in spec.label_risk if r.entity == entity]
+    if len(codes) <= SMALL_BATCH:
+        return _few_label_features(risks, batch, codes, labels)
     by_time = _by_key(labels.codes, labels.t)
     lo, hi = group_slices(labels.codes[by_time], codes)
     known = np.isfinite(labels.known)
@@ -223,6 +230,26 @@ def _label_features(spec: BehaviorSpec, entity: str, batch: Batch, codes: np.nda
             frauds, labeled = values["frauds"], values["labeled"]
             values["rate"] = np.divide(frauds, labeled, out=np.zeros_like(frauds),
                                        where=labeled > 0)  # fmt: skip
+            for r in risks:
+                if (r.window, r.delay) == (window, delay):
+                    out[r.name] = values[r.stat]
+    return out
+
+
+def _few_label_features(risks: list, batch: Batch, codes: np.ndarray,
+                        labels: LabelHistory) -> dict[str, np.ndarray]:  # fmt: skip
+    """:func:`_label_features` of a small batch: the same window edges, and per row its key's
+    labels inside them counted by one compiled scan (:func:`kernels.label_counts`)."""
+    out: dict[str, np.ndarray] = {}
+    for delay in dict.fromkeys(r.delay for r in risks):
+        shifted = labels.t + (delay.seconds if delay else 0.0)
+        begin = np.maximum(np.nextafter(shifted, np.inf), labels.known)
+        for window in dict.fromkeys(r.window for r in risks if r.delay == delay):
+            frauds, labeled = label_counts(labels.codes, labels.known, begin,
+                                           shifted + window.seconds, labels.y, codes,
+                                           batch.times)  # fmt: skip
+            rate = np.divide(frauds, labeled, out=np.zeros_like(frauds), where=labeled > 0)
+            values = {"frauds": frauds, "labeled": labeled, "rate": rate}
             for r in risks:
                 if (r.window, r.delay) == (window, delay):
                     out[r.name] = values[r.stat]

@@ -186,6 +186,57 @@ def test_few_windows_summed_one_by_one_equal_the_sparse_table_bit_for_bit(seed, 
                 assert np.array_equal(getattr(a, field), getattr(b, field)), field
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_adding_the_current_event_compiled_equals_the_vectorised_add_bit_for_bit(seed):
+    from fraud_lib.features.kernels import Moments
+
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 500))
+    x = rng.standard_normal(k) * 10.0 ** int(rng.integers(-3, 6)) + 1e4 * (seed % 2)
+    n = rng.integers(0, 50, k).astype(np.float64)
+    m = Moments(n, rng.standard_normal(k) * n * 100, rng.random(k) * n * 1e3,
+                np.where(n > 0, rng.standard_normal(k) * 100, -np.inf))  # fmt: skip
+    expected = Moments(m.n.copy(), m.s.copy(), m.m2.copy(), m.mx.copy())
+    expected.add(slice(None), 1.0, x, np.zeros_like(x), x)
+    got = m.with_current(x)
+    for field in ("n", "s", "m2", "mx"):
+        assert np.array_equal(getattr(got, field), getattr(expected, field)), field
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_few_rows_label_risk_by_one_scan_equals_the_sorted_count(seed, monkeypatch):
+    # small batches count each row's labels in one compiled scan; large ones by sorted edges
+    from fraud_lib.features import online
+
+    rng = np.random.default_rng(seed)
+    risks = [
+        {"entity": "terminal", "windows": ["1h", "1d"], "stats": ["frauds", "labeled", "rate"]},
+        {"entity": "terminal", "windows": ["1d"], "stats": ["frauds", "rate"], "delay": "1h"},
+    ]
+    spec = spec_for(label_risk=risks)
+    n_rows, n_keys, n_labels = (
+        int(rng.integers(1, 40)),
+        int(rng.integers(1, 6)),
+        int(rng.integers(0, 300)),
+    )
+    t = rng.integers(0, 200_000, n_labels).astype(np.float64)
+    known = t + rng.choice([0.0, 1.0, 3600.0, 50_000.0, np.nan, np.inf], n_labels)
+    labels = LabelHistory(
+        rng.integers(0, n_keys, n_labels), t, known, rng.integers(0, 2, n_labels).astype(np.float64)
+    )
+    codes = rng.integers(0, n_keys, n_rows)
+    times = np.r_[t, known[np.isfinite(known)], t + 3600.0, t + 86_400.0]
+    times = rng.choice(times, n_rows) if len(times) else rng.uniform(0, 2e5, n_rows)
+    batch = Batch(times=times, ids=np.zeros(n_rows, np.uint64), keys={}, values={})
+    few = online._label_features(spec, "terminal", batch, codes, labels)
+    with monkeypatch.context() as m:
+        m.setattr(online, "SMALL_BATCH", -1)
+        table = online._label_features(spec, "terminal", batch, codes, labels)
+    assert few.keys() == table.keys()
+    for name in few:
+        assert np.array_equal(few[name], table[name]), name
+
+
 def test_new_entity_gets_features_from_an_empty_history():
     spec = spec_for(
         aggregates=[{"entity": "customer", "column": "amount", "windows": ["7d"],

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import test_raw_scoring
 from conftest import rows_of
 from werkzeug.test import Client
 from werkzeug.wrappers import Response
@@ -19,6 +20,7 @@ from werkzeug.wrappers import Response
 import serving.api
 import serving.fast_path
 import serving.metrics
+from fraud_lib.features.online_store import RecordLayout
 from serving.fast_path import FastScore
 from serving.prediction_log import LogUnavailable
 
@@ -298,3 +300,116 @@ def test_a_metrics_failure_after_the_log_append_still_answers_once(paths, frames
     failed = [r.getMessage() for r in caplog.records if "a metrics update failed" in r.getMessage()]
     for update in ("spooled", "observe_scores", "observe_request"):
         assert sum(f"({update})" in m for m in failed) == 2, (update, failed)
+
+
+# ---------------------------------------------------------------- raw transactions (behavioral)
+RAW_SCHEMA = test_raw_scoring.SCHEMA
+raw_world = test_raw_scoring.raw_world  # fixtures: a behavioral champion on a real Redis
+raw_app = test_raw_scoring.raw_app
+records = test_raw_scoring.records
+RAW_SCHEMA_RECORD_SIZE = RecordLayout.for_spec(RAW_SCHEMA.behavior).dtype.itemsize
+
+
+@pytest.fixture()
+def raw_paths(raw_app, monkeypatch) -> SimpleNamespace:
+    p = _paths(raw_app(), monkeypatch)
+    p.events = lambda: _stored_events(p.st)
+    return p
+
+
+def _stored_events(st: Any) -> int:
+    """Records in the online state of the served behavioral champion."""
+    store_ = st.online.computer(st.holder.current.schema.behavior).store
+    return sum(len(b) for b in map(store_.r.get, store_.r.scan_iter(match=f"{store_.prefix}ev:*")))
+
+
+def _raw_both(paths: SimpleNamespace, body: Any, **kwargs: Any) -> tuple[tuple, tuple]:
+    """The request on each path, each from the same (cleared) online state."""
+    served = paths.st.holder.current
+    store_ = paths.st.online.computer(served.schema.behavior).store
+    out = []
+    for client in (paths.fast, paths.flask):
+        store_.clear()
+        data = body if isinstance(body, str | bytes) else json.dumps(body)
+        out.append(_send(paths, client, data=data, content_type="application/json",
+                         headers=RID, **kwargs))  # fmt: skip
+    return out[0], out[1]
+
+
+def _raw_rows(raw_world: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    return records(raw_world["later"].iloc[:n])
+
+
+@pytest.mark.parametrize("kind", ["single", "batch"])
+def test_a_clean_raw_request_gets_the_same_answer_metrics_and_spool_line(raw_paths, raw_world,
+                                                                         kind):  # fmt: skip
+    rows = _raw_rows(raw_world, 3)
+    body = {"transactions": rows} if kind == "batch" else rows[0]
+    fast, flask = _raw_both(raw_paths, body)
+    assert fast[0].status_code == flask[0].status_code == 200, fast[0].get_json()
+    assert fast[0].get_data() == flask[0].get_data()
+    assert fast[0].headers.to_wsgi_list() == flask[0].headers.to_wsgi_list()
+    assert fast[1] == pytest.approx(flask[1])
+    assert fast[2] == flask[2] and len(fast[2]) == 1
+    assert raw_paths.views == [1]  # the Flask client's request only
+    size = RAW_SCHEMA_RECORD_SIZE
+    sent = len(rows) if kind == "batch" else 1
+    assert raw_paths.events() == size * sent * len(RAW_SCHEMA.behavior.entities)
+
+
+def _bad_raw_bodies(raw_world: dict[str, Any]) -> dict[str, Any]:
+    row = _raw_rows(raw_world, 2)
+    one = row[0]
+    return {
+        "missing customer": {k: v for k, v in one.items() if k != "customer_id"},
+        "missing timestamp": {k: v for k, v in one.items() if k != "timestamp"},
+        "null terminal": {**one, "terminal_id": None},
+        "future timestamp": {**one, "timestamp": 4e9},
+        "text timestamp": {**one, "timestamp": "yesterday"},
+        "bool timestamp": {**one, "timestamp": True},
+        "string amount": {**one, "amount": "12"},
+        "NaN amount": json.dumps(one).replace(str(one["amount"]), "NaN", 1),
+        "unknown field": {**one, "V1": 0.5},
+        "float entity": {**one, "customer_id": 1.5},
+        "not an object": [one],
+        "empty body": b"",
+        "truncated": json.dumps(one)[:-3],
+        "duplicate key": json.dumps(one)[:-1] + ', "amount": 1.0}',
+        "duplicate ids": {
+            "transactions": [one, {**row[1], "transaction_id": one["transaction_id"]}]
+        },
+        "bad row in batch": {"transactions": [one, {**row[1], "amount": None}]},
+        "empty batch": {"transactions": []},
+    }
+
+
+def test_a_bad_raw_request_gets_flasks_400_and_keeps_nothing(raw_paths, raw_world):
+    for name, body in _bad_raw_bodies(raw_world).items():
+        views_before = len(raw_paths.views)
+        fast, flask = _raw_both(raw_paths, body)
+        assert fast[0].status_code == flask[0].status_code == 400, name
+        assert fast[0].get_data() == flask[0].get_data(), name
+        assert fast[0].headers.to_wsgi_list() == flask[0].headers.to_wsgi_list(), name
+        assert fast[1] == pytest.approx(flask[1]) and fast[2] == flask[2] == [], name
+        error = fast[0].get_json()["error"]
+        assert set(error) == {"code", "message", "fields"}, name
+        assert len(raw_paths.views) - views_before == 2, name  # Flask ran it again: a 400
+        assert raw_paths.events() == 0, name  # no event reached the online state
+
+
+def test_a_raw_request_that_fails_after_its_events_are_kept_is_not_run_again(
+    raw_paths, raw_world, monkeypatch
+):
+    def refuse(data: bytes, records: int, **kwargs: Any) -> bool:
+        raise LogUnavailable("cannot write the spool: disk full")
+
+    monkeypatch.setattr(raw_paths.st.log, "append", refuse)
+    rows = _raw_rows(raw_world, 1)
+    rows[0].pop("transaction_id")  # a generated id: a second run would count the event twice
+    fast, flask = _raw_both(raw_paths, rows[0])
+    assert fast[0].status_code == flask[0].status_code == 503
+    assert fast[0].get_data() == flask[0].get_data()
+    assert fast[0].get_json()["error"]["code"] == "log_unavailable"
+    assert fast[1] == pytest.approx(flask[1])
+    assert raw_paths.views == [1]  # Flask answered the fast path's failure without the view
+    assert raw_paths.events() == RAW_SCHEMA_RECORD_SIZE * len(RAW_SCHEMA.behavior.entities)
