@@ -44,11 +44,18 @@ class ModelFiles:
     compiled: CompiledTrees | None = None
     reference: np.ndarray | None = None
     canary_error: str | None = None
+    in_process: Settings | None = None  # a predictor other than the trees: load it in process
     model: Any = field(default=None, repr=False)
 
     def serve(self) -> ServedModel:
         """The served model, once the kernel reproduces the pipeline's canary scores (one row
-        at a time and as a batch, as :func:`serving.scoring.prepare` checks in process)."""
+        at a time and as a batch, as :func:`serving.scoring.prepare` checks in process). A
+        version the trees do not serve is loaded through MLflow here, after the caller has
+        compared its schema: a version refused for its schema never imports MLflow."""
+        if self.in_process is not None:
+            from fraud_lib import registry
+
+            return prepare(registry.load_version(self.in_process, self.version))
         if self.canary_error is not None:
             raise CanaryError(self.canary_error)
         assert self.compiled is not None and self.reference is not None
@@ -133,25 +140,24 @@ def _logged_facts(where: Path, version: str) -> dict[str, Any]:
 
 
 def load_version(settings: Settings, version: str) -> Any:
-    """Load ``version`` for serving: :class:`ModelFiles` when the compiled trees serve it, else
-    the in-process :class:`fraud_lib.registry.LoadedModel` (MLflow, scikit-learn and pandas
-    are then imported into this worker). Raises on a version that cannot be loaded."""
+    """Load ``version`` for serving as :class:`ModelFiles`: the compiled trees, or the facts of
+    a version they do not serve, which its ``serve()`` loads in process (MLflow, scikit-learn
+    and pandas are then imported into this worker). Raises on a version that cannot be
+    loaded."""
     if not version.isdigit():
         raise RegistryError(f"version {version!r} is not a registry version number")
     facts, where = _exported(settings, version)
     status = facts["status"]
     if status == "load_failed":
         raise RegistryError(facts["message"])
-    if status == "in_process":
-        log.info("version %s uses the %s predictor: loaded in the worker", version,
-                 facts.get("predictor"))  # fmt: skip
-        from fraud_lib import registry
-
-        return registry.load_version(settings, version)
     files = ModelFiles(name=facts["name"], version=str(facts["version"]),
                        schema=FeatureSchema.from_dict(facts["schema"]),
                        threshold=float(facts["threshold"]), meta=facts["meta"],
                        canary_error=facts.get("message"))  # fmt: skip
+    if status == "in_process":
+        log.info("version %s uses the %s predictor: loaded in the worker if its schema fits",
+                 version, facts.get("predictor"))  # fmt: skip
+        files.in_process = settings
     if status == "files":
         files.compiled = _read_trees(where, facts)
         files.reference = np.asarray(facts["reference"], dtype=float)

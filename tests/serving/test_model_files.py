@@ -9,6 +9,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,8 +40,10 @@ def test_files_score_exactly_as_the_logged_pipeline(serving_settings, model_stor
 
 def test_a_version_the_trees_do_not_serve_is_loaded_in_process(serving_settings, model_store):
     loaded = load_version(serving_settings, model_store["versions"]["other_schema"])
-    assert isinstance(loaded, registry.LoadedModel)  # scaler + logistic regression
-    assert prepare_any(loaded).predictor == "pipeline"
+    assert isinstance(loaded, ModelFiles) and loaded.in_process is not None  # scaler + LR
+    assert loaded.schema.features == ("V1", "V2", "V3", "V4", "V10", "V14", "Amount")
+    served = prepare_any(loaded)  # loaded through MLflow only now, after a schema check
+    assert served.predictor == "pipeline" and served.version == loaded.version
 
 
 def test_refusals_keep_their_reasons(serving_settings, model_store):
@@ -79,20 +82,29 @@ def _settings_with_uri(uri: str):
     return Settings.from_env({"MLFLOW_TRACKING_URI": uri})
 
 
-def test_a_serving_worker_imports_no_mlflow_sklearn_or_pandas(serving_settings, model_store):
+def test_a_serving_worker_imports_no_mlflow_sklearn_or_pandas(
+    serving_settings, model_store, tmp_path
+):
     """A fresh interpreter builds the app as a gunicorn worker does, scores a batch and lists
     the heavy packages it has imported."""
     code = """
-import json, sys
+import json, sys, time
 from fraud_lib.config import Settings
 from serving.app import create_app
 app = create_app(Settings.from_env())
 rows = [{f"V{i}": 0.1 * i for i in range(1, 29)} | {"Amount": 12.5} for _ in range(3)]
 answer = app.test_client().post("/v1/score", json={"transactions": rows})
 model = app.test_client().get("/v1/model").get_json()
-app.extensions["fraudloop"].close(timeout=5)
+state = app.extensions["fraudloop"]
+with open(sys.argv[1], "w") as fh:
+    fh.write("ready")
+while open(sys.argv[1]).read() != "moved":  # the test moves the alias to another schema
+    time.sleep(0.05)
+refused = state.holder.check()["status"]
+state.close(timeout=5)
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"mlflow", "sklearn", "pandas", "scipy.stats"})
-print(json.dumps({"status": answer.status_code, "predictor": model["predictor"], "heavy": heavy}))
+print(json.dumps({"status": answer.status_code, "predictor": model["predictor"],
+                  "refused": refused, "heavy": heavy}))
 """
     env = {
         "PATH": "/usr/bin:/bin",
@@ -104,10 +116,27 @@ print(json.dumps({"status": answer.status_code, "predictor": model["predictor"],
         "FRAUD_SPOOL_DIR": str(serving_settings.spool_dir),
     }
     set_champion(serving_settings, model_store["versions"]["hgb"])
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=300, check=True)  # fmt: skip
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result == {"status": 200, "predictor": "compiled-trees", "heavy": []}
+    signal = tmp_path / "signal"
+    signal.write_text("")
+    worker = subprocess.Popen([sys.executable, "-c", code, str(signal)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while signal.read_text() != "ready":
+            assert worker.poll() is None and time.monotonic() < deadline, worker.stderr.read()
+            time.sleep(0.05)
+        set_champion(serving_settings, model_store["versions"]["other_schema"])
+        signal.write_text("moved")
+        out, err = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    # a version refused for its schema (a pipeline the trees do not serve) imports nothing either
+    assert result == {"status": 200, "predictor": "compiled-trees", "refused": "refused",
+                      "heavy": []}  # fmt: skip
 
 
 @pytest.fixture()
@@ -145,7 +174,7 @@ def test_a_version_logged_with_its_files_loads_without_a_child(
     expected = model_store["hgb"].model.predict_proba(frame)[:, 1]
     assert np.array_equal(served.score_matrix(rows.to_numpy()), expected)
     other = load_version(fresh_state, model_store["versions"]["other_schema"])
-    assert isinstance(other, registry.LoadedModel)  # its logged model.json says in_process
+    assert other.in_process is not None  # its logged model.json says in_process
 
 
 def test_a_version_logged_without_files_loads_through_the_child(
