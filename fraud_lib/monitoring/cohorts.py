@@ -20,7 +20,7 @@ from psycopg import sql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
-from fraud_lib import store
+from fraud_lib import store, tables
 from fraud_lib.config import PERFORMANCE_METRICS, Settings
 from fraud_lib.errors import ConfigError
 from fraud_lib.evaluate import compute_metrics, precision_at_k
@@ -180,7 +180,7 @@ def save_cohorts(bind: Engine, as_of: datetime, cohorts: list[Cohort]) -> int:
     """Upsert one run's cohort table into ``performance_cohorts``; rows written."""
     if not cohorts:
         return 0
-    table = store.performance_cohorts
+    table = tables.performance_cohorts
     rows = [{**c.as_dict(), "as_of": as_of, "cohort_day": date.fromisoformat(c.cohort_day)}
             for c in cohorts]  # fmt: skip
     stmt = insert(table).values(rows)
@@ -197,7 +197,7 @@ def stored_history(bind: Engine, version: str, metric: str, before: datetime) ->
     day -> ``metric`` as the latest such run measured it."""
     if metric not in PERFORMANCE_METRICS:
         raise ConfigError(f"unknown metric {metric!r}; use one of {PERFORMANCE_METRICS}")
-    t = store.performance_cohorts
+    t = tables.performance_cohorts
     query = (
         sa.select(t.c.cohort_day, t.c[metric])
         .where(t.c.model_version == version, t.c.mature, t.c.as_of < before)
@@ -210,7 +210,7 @@ def stored_history(bind: Engine, version: str, metric: str, before: datetime) ->
 
 def stored_cohorts(bind: Engine, as_of: datetime) -> list[dict[str, Any]]:
     """The cohort table a run with this as-of stored (oldest day first)."""
-    t = store.performance_cohorts
+    t = tables.performance_cohorts
     names = [f.name for f in fields(Cohort)]
     query = sa.select(*(t.c[n] for n in names)).where(t.c.as_of == as_of)
     with store.begin(bind) as conn:
