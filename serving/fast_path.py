@@ -88,14 +88,15 @@ class FastScore:
             return self.flask(environ, start_response)
         stream = environ["wsgi.input"]
         body = stream.read_rest() if isinstance(stream, BulkBody) else stream.read(length)
-        kept: list[bool] = []  # set once something is kept (state events, the spool line)
+        kept: list[bool] = []  # set once a raw request's events are in the online state
         try:
             answer = self._answer(body, length, served, rid, kept)
-        except ApiError as exc:
-            answer = self._hand_over(environ, exc, kept)
-        except Exception as exc:  # a bug
-            log.exception("request %s: the fast path failed; handing the request to Flask", rid)
-            answer = self._hand_over(environ, exc, kept)
+        except Exception as exc:  # Flask answers it: the same error, or a bug's 500
+            if not isinstance(exc, ApiError):
+                log.exception("request %s: the fast path failed; handing the request to Flask", rid)
+            if kept:  # answered, not run again: its events would count twice
+                environ[FAILED_KEY] = exc
+            answer = None
         if answer is None:
             environ["wsgi.input"] = io.BytesIO(body)
             return self.flask(environ, start_response)
@@ -105,14 +106,6 @@ class FastScore:
                                            time.perf_counter() - started)  # fmt: skip
         start_response("200 OK", headers)
         return ClosingIterator([answer.body], answer.on_close)
-
-    @staticmethod
-    def _hand_over(environ: dict[str, Any], exc: Exception, kept: list[bool]) -> None:
-        """Hand a failed request to Flask: to answer its failure if it kept something, else to
-        run it again (an :class:`ApiError`: nothing was logged, Flask answers the same error;
-        a bug: Flask answers its 500 if it recurs)."""
-        if kept:
-            environ[FAILED_KEY] = exc
 
     def _candidate_length(self, environ: dict[str, Any], served: Any) -> int | None:
         """The body length of a request the fast path may answer; None: Flask answers it."""
