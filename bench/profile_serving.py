@@ -41,9 +41,12 @@ from fraud_lib.procs import child_pids  # noqa: E402
 # occurs in its stack, frames searched from the innermost out.
 PARTS = (
     ("metrics (prometheus_client)", ("prometheus_client",)),
+    ("redis client (round trip, parse)", ("redis/",)),
+    ("behavioral features (fraud_lib/features)", ("fraud_lib/features/",)),
     ("logging", ("logging/__init__.py",)),
     ("spool encode + append", ("serving/spool.py", "prediction_log.py")),
-    ("validation + JSON decode", ("serving/typed_batch.py", "serving/validation.py")),
+    ("validation + JSON decode", ("serving/typed_batch.py", "serving/validation.py",
+                                  "serving/raw_scoring.py")),
     ("scoring (compiled trees)", ("serving/scoring.py", "serving/trees.py")),
     ("score view (ids, risk, answer encode)", ("serving/api.py",)),
     ("request hooks (ids, timers)", ("serving/app.py",)),
@@ -58,6 +61,7 @@ OUTSIDE = (
     (START_UP, ("load_wsgi", "post_worker_init")),
     ("prediction-log shipper (spool read, decode, COPY)", ("_run (serving/prediction_log.py",)),
     ("model poller", ("_poll (serving/model_holder.py",)),
+    ("label cache refresh", ("_refresher (serving/raw_scoring.py",)),
     ("event loop (buffered worker: accept, read, framing)", ("gunicorn/workers/",)),
 )
 
@@ -101,25 +105,54 @@ def parse_raw(path: Path) -> tuple[Counter, Counter, Counter]:
     return parts, leaves, outside
 
 
+def _plain_world(tmp: Path) -> tuple[Any, dict[str, str], list[dict], list[Any]]:
+    """(Postgres, service env, ULB transactions, nothing else to stop)."""
+    pg, settings, later = champion_world(tmp, 3, 5000, "profile")
+    return pg, service_env(tmp, pg.url, settings), later.to_dict("records"), []
+
+
+def _raw_world(tmp: Path) -> tuple[Any, dict[str, str], list[dict], list[Any]]:
+    """(Postgres, service env, raw transactions, the redis-server): a behavioral champion with
+    its state in a real redis-server, as bench_features.py's HTTP phase."""
+    from http_phase import LABEL_REFRESH_SECONDS, RAW_FIELDS, _raw_settings
+
+    from fraud_lib import pgserver, redisserver
+    from fraud_lib.features.parity import parity_world
+
+    pg = pgserver.EmbeddedPostgres(tmp / "pg", pgserver.free_port())
+    pg.ensure_running()
+    rs = redisserver.EmbeddedRedis(tmp, pgserver.free_port())
+    rs.start()
+    settings, _ = _raw_settings(tmp / "raw", pg.url)
+    env = service_env(tmp / "raw", pg.url, settings)
+    env.update(FRAUD_REDIS_URL=rs.url, FRAUD_LABEL_REFRESH_SECONDS=str(LABEL_REFRESH_SECONDS))
+    world = parity_world(60_000, 1, 14, seed=11, now=time.time())
+    return pg, env, world[list(RAW_FIELDS)].to_dict("records"), [rs]
+
+
 def profile(args: argparse.Namespace, tmp: Path, raw: Path) -> dict[str, Any]:
     """Start the profiled service, load it, stop it; the load's summary."""
     from fraud_lib import pgserver
 
-    pg, settings, later = champion_world(tmp, 3, 5000, "profile")
+    pg, env, records, others = (_raw_world if args.raw else _plain_world)(tmp)
     try:
-        records = later.to_dict("records")
         port = pgserver.free_port()
         spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses",
                "--nonblocking", "--gil", "-r", str(args.rate), "-f", "raw", "-o", str(raw), "--"]  # fmt: skip
-        svc = Gunicorn("profiled", spy + gunicorn_argv(port, "serving.wsgi:app"),
-                       service_env(tmp, pg.url, settings), tmp / "gunicorn.log")  # fmt: skip
-        reqs = [build_request(port, "/v1/score", json.dumps(r).encode()) for r in records[:500]]
+        svc = Gunicorn("profiled", spy + gunicorn_argv(port, "serving.wsgi:app"), env,
+                       tmp / "gunicorn.log")  # fmt: skip
+        # raw transactions are not repeated (a repeated id is a retry): one request each
+        count = len(records) if args.raw else 500
+        reqs = [build_request(port, "/v1/score", json.dumps(r).encode()) for r in records[:count]]
+        warm, reqs = (reqs[:5000], reqs[5000:]) if args.raw else (reqs, reqs)
         try:
             svc.proc_master = wait_master(svc)  # type: ignore[attr-defined]
-            wait_ready(svc.proc_master, port, reqs[0])  # type: ignore[attr-defined]
-            run_load(port, reqs, clients=args.clients, duration=3)  # warm-up
+            wait_ready(svc.proc_master, port, warm[0])  # type: ignore[attr-defined]
+            run_load(port, warm, clients=args.clients, duration=3)  # warm-up
             processes = {"postgres (every server process)": [pg.pid, *child_pids(pg.pid)],
                          "gunicorn workers (every thread)": child_pids(svc.proc_master)}  # type: ignore[attr-defined]  # fmt: skip
+            for other in others:
+                processes["redis-server"] = [other.pid]
             before = {name: cpu_seconds(pids) for name, pids in processes.items()}
             commits = pg_commits(pg.url)
             rows = run_load(port, reqs, clients=args.clients, duration=args.seconds)
@@ -134,6 +167,8 @@ def profile(args: argparse.Namespace, tmp: Path, raw: Path) -> dict[str, Any]:
         load["rows_per_commit"] = commits[1] / max(1, commits[0])
         return load
     finally:
+        for other in others:
+            other.stop()
         pg.stop()
 
 
@@ -203,8 +238,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=250, help="samples per second per thread")
-    parser.add_argument("--out", default=str(BENCH / "results" / "profile_serving.json"))
+    parser.add_argument("--raw", action="store_true",
+                        help="raw transactions to a behavioral champion (Redis state)")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    args.out = args.out or str(BENCH / "results" / ("profile_serving_raw.json" if args.raw
+                                                    else "profile_serving.json"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="fraudloop-profile-"))

@@ -275,6 +275,12 @@ def score_raw(online: OnlineService, served: Any, payload: Any, max_batch: int,
     return txs, scores, logged
 
 
+def _rows(columns: list[np.ndarray]) -> np.ndarray:
+    """The float64 matrix (C order) with these columns: one C call, where ``np.column_stack``
+    costs a few numpy calls per column (~50 us per single transaction)."""
+    return np.ascontiguousarray(np.array(columns, dtype=np.float64).T)
+
+
 def score_valid_raw(online: OnlineService, served: Any, txs: Transactions,
                     times: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
     """Features of validated raw transactions from the online state (their events appended to
@@ -294,7 +300,7 @@ def score_valid_raw(online: OnlineService, served: Any, txs: Transactions,
         log.error("online feature state unavailable: %s", exc)
         raise ApiError(503, "feature_state_unavailable", "the online feature state (Redis) "
                        "cannot be reached; retry later") from None  # fmt: skip
-    computed = np.column_stack(list(features.values()))
+    computed = _rows(list(features.values()))
     names = list(features)
     # logged as each raw record plus the computed matrix; the shipper writes one document
     # {**raw, **computed} per prediction (10,000 rows: ~40 ms fewer on the request path)
@@ -306,6 +312,6 @@ def score_valid_raw(online: OnlineService, served: Any, txs: Transactions,
         scores = served.score_records(rows)
     else:
         values = {c: np.asarray(columns[c], dtype=np.float64) for c in spec.numeric} | features
-        scores = np.asarray(served.score_matrix(np.column_stack([values[c] for c in
-                                                                 schema.features])), float)  # fmt: skip
+        scores = np.asarray(served.score_matrix(_rows([values[c] for c in schema.features])),
+                            float)  # fmt: skip
     return scores, logged

@@ -5,6 +5,11 @@ moments are plain numpy over whole columns (a few windows, as one online transac
 compiled loop with the same result); the binary search inside groups is one compiled (numba)
 loop per query. Both are compiled when this module is imported.
 
+The last kernels are the online path of a single transaction (:mod:`fraud_lib.features.one_row`):
+one call per entity, built from the same :func:`moments_of` and :func:`plus_one`. They are
+cached on disk (``cache=True``; numba checks only this file's timestamp, which is why they live
+here with the functions they call).
+
 Window moments use a sparse table of power-of-two blocks: block sums are pairwise sums and block
 second moments are combined with Chan's parallel formula (the vectorised equivalent of Welford),
 so a window's sum is accurate to ~log2(n) ulps of the window's own magnitude and its standard
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+
+from fraud_lib.features.spec import NO_PREVIOUS
 
 
 @numba.njit("void(float64[:], int64[:], int64[:], float64[:], boolean, int64[:])", nogil=True,
@@ -105,20 +112,22 @@ class Moments:
         return out
 
 
+@numba.njit(nogil=True, cache=False)
+def plus_one(na, sa, m2a, mxa, x):  # pragma: no cover - compiled
+    """(n, s, m2, max) of a window's moments with the value ``x`` added: :meth:`Moments.add`
+    of a one-value block (sum ``x``, moment 0, max ``x``), operation for operation."""
+    total = na + 1.0
+    mean_a = sa / na if na > 0 else 0.0
+    delta = x / 1.0 - mean_a
+    return total, sa + x, m2a + 0.0 + delta * delta * (na * 1.0 / total), np.maximum(mxa, x)
+
+
 @numba.njit("void(float64[:], float64[:], float64[:], float64[:], float64[:], float64[:],"
             " float64[:], float64[:], float64[:])", nogil=True, cache=False)  # fmt: skip
 def _add_current(n, s, m2, mx, x, n_out, s_out, m2_out, mx_out):  # pragma: no cover - compiled
-    """:meth:`Moments.add` of ``nb = 1`` blocks ``x`` (sum ``x``, moment 0, max ``x``) into
-    every row, written to the ``*_out`` arrays, operation for operation."""
+    """:func:`plus_one` of every row's ``x``, written to the ``*_out`` arrays."""
     for i in range(n.shape[0]):
-        na, sa = n[i], s[i]
-        total = na + 1.0
-        mean_a = sa / na if na > 0 else 0.0
-        delta = x[i] / 1.0 - mean_a
-        m2_out[i] = m2[i] + 0.0 + delta * delta * (na * 1.0 / total)
-        s_out[i] = sa + x[i]
-        n_out[i] = total
-        mx_out[i] = np.maximum(mx[i], x[i])
+        n_out[i], s_out[i], m2_out[i], mx_out[i] = plus_one(n[i], s[i], m2[i], mx[i], x[i])
 
 
 SMALL_QUERIES = 64  # up to this many windows, each is summed on its own (compiled)
@@ -155,42 +164,51 @@ def label_counts(label_codes: np.ndarray, known: np.ndarray, begin: np.ndarray, 
     return frauds, labeled
 
 
+@numba.njit(nogil=True, cache=False)
+def moments_of(x, lo, length, buf_s, buf_m2, buf_mx):  # pragma: no cover - compiled
+    """(n, s, m2, max) of ``x[lo:lo + length]`` as :func:`window_moments` sums it: each
+    power-of-two block (the set bits of ``length``, from ``lo`` upward) reduced pairwise from
+    its values, the same float operations in the same order as the sparse table's levels, so
+    the moments are bit-identical (``tests/lib/test_features_online.py`` checks it). The
+    buffers hold at least ``length`` values."""
+    n, s, m2, mx = 0.0, 0.0, 0.0, -np.inf
+    cur, rest, size = lo, length, 1
+    while rest > 0:
+        if rest & 1:
+            for q in range(size):
+                buf_s[q], buf_m2[q], buf_mx[q] = x[cur + q], 0.0, x[cur + q]
+            half, width = 1, size
+            while half < size:
+                width //= 2
+                for p in range(width):
+                    a, b = buf_s[2 * p], buf_s[2 * p + 1]
+                    delta = (b - a) / half
+                    buf_m2[p] = buf_m2[2 * p] + buf_m2[2 * p + 1] + delta * delta * (half / 2.0)
+                    buf_s[p] = a + b
+                    buf_mx[p] = max(buf_mx[2 * p], buf_mx[2 * p + 1])
+                half *= 2
+            nb = float(size)
+            total = n + nb
+            mean_a = s / n if n > 0 else 0.0
+            delta = buf_s[0] / nb - mean_a
+            m2 = m2 + buf_m2[0] + delta * delta * (n * nb / total)
+            s, n, mx = s + buf_s[0], total, max(mx, buf_mx[0])
+            cur += size
+        rest >>= 1
+        size <<= 1
+    return n, s, m2, mx
+
+
 @numba.njit("void(float64[:], int64[:], int64[:], float64[:], float64[:], float64[:], float64[:])",
             nogil=True, cache=False)  # fmt: skip
 def _windows_one_by_one(x, lo, length, n_out, s_out, m2_out, mx_out):  # pragma: no cover - compiled
-    """:func:`window_moments` window by window: each power-of-two block is reduced pairwise
-    from its values, the same float operations in the same order as the sparse table's levels,
-    so the moments are bit-identical (``tests/lib/test_features_online.py`` checks it)."""
+    """:func:`moments_of` of every window ``x[lo[i]:lo[i] + length[i]]``."""
     buf_s = np.empty(max(1, int(length.max()) if length.size else 1))
     buf_m2 = np.empty_like(buf_s)
     buf_mx = np.empty_like(buf_s)
     for i in range(lo.shape[0]):
-        n, s, m2, mx = 0.0, 0.0, 0.0, -np.inf
-        cur, rest, size = lo[i], length[i], 1
-        while rest > 0:
-            if rest & 1:
-                for q in range(size):
-                    buf_s[q], buf_m2[q], buf_mx[q] = x[cur + q], 0.0, x[cur + q]
-                half, width = 1, size
-                while half < size:
-                    width //= 2
-                    for p in range(width):
-                        a, b = buf_s[2 * p], buf_s[2 * p + 1]
-                        delta = (b - a) / half
-                        buf_m2[p] = buf_m2[2 * p] + buf_m2[2 * p + 1] + delta * delta * (half / 2.0)
-                        buf_s[p] = a + b
-                        buf_mx[p] = max(buf_mx[2 * p], buf_mx[2 * p + 1])
-                    half *= 2
-                nb = float(size)
-                total = n + nb
-                mean_a = s / n if n > 0 else 0.0
-                delta = buf_s[0] / nb - mean_a
-                m2 = m2 + buf_m2[0] + delta * delta * (n * nb / total)
-                s, n, mx = s + buf_s[0], total, max(mx, buf_mx[0])
-                cur += size
-            rest >>= 1
-            size <<= 1
-        n_out[i], s_out[i], m2_out[i], mx_out[i] = n, s, m2, mx
+        n_out[i], s_out[i], m2_out[i], mx_out[i] = moments_of(x, lo[i], length[i], buf_s,
+                                                              buf_m2, buf_mx)  # fmt: skip
 
 
 def _few_window_moments(
@@ -239,3 +257,126 @@ def window_moments(x: np.ndarray, ranges: list[tuple[np.ndarray, np.ndarray]]) -
             mx = np.maximum(mx[:-size], mx[size:])
             size <<= 1
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _earlier(f, u, t0):  # pragma: no cover - compiled
+    """Rows of the records ``f`` (times in column 0, id hashes in ``u``'s column 1) before
+    ``t0``, sorted by (time, id hash), a repeated (time, id) dropped."""
+    idx = np.empty(f.shape[0], dtype=np.int64)
+    k, ordered = 0, True
+    for i in range(f.shape[0]):
+        if f[i, 0] < t0:
+            if k and not f[i, 0] > f[idx[k - 1], 0]:
+                ordered = False
+            idx[k] = i
+            k += 1
+    idx = idx[:k]
+    if ordered:
+        return idx
+    idx = idx[np.argsort(f[idx, 0], kind="mergesort")]
+    for i in range(1, k):  # equal times by id hash (insertion sort: such runs are short)
+        j = i
+        while j and f[idx[j], 0] == f[idx[j - 1], 0] and u[idx[j], 1] < u[idx[j - 1], 1]:
+            idx[j], idx[j - 1] = idx[j - 1], idx[j]
+            j -= 1
+    keep = np.ones(k, dtype=np.bool_)
+    for i in range(1, k):
+        keep[i] = not (f[idx[i], 0] == f[idx[i - 1], 0] and u[idx[i], 1] == u[idx[i - 1], 1])
+    return idx[keep]
+
+
+@numba.njit(nogil=True, cache=True)
+def _row_stat(code, n, s, m2, mx, x):  # pragma: no cover - compiled
+    """``window_stat`` (offline) of one window; ``code``: the stat's index in ``spec.STATS``."""
+    mean = s / n if n > 0 else 0.0
+    if code == 0:
+        return n
+    if code == 1:
+        return s
+    if code == 2:
+        return mean
+    if code == 3:
+        return np.sqrt(max(m2 / n if n > 0 else 0.0, 0.0))
+    if code == 4:
+        return mx if n > 0 else 0.0
+    return x / mean if mean != 0 else 0.0
+
+
+@numba.njit(nogil=True, cache=True)
+def entity_row(
+    f, t0, x0, windows, column, window, current, stat, since, cutoff, out
+):  # pragma: no cover - compiled
+    """One transaction's aggregates of one entity (see :mod:`fraud_lib.features.one_row`).
+
+    ``f``: the entity's stored records (rows: time, id hash bits, aggregated columns); the
+    transaction is at ``t0`` with column values ``x0``. Output ``j`` is the stat ``stat[j]``
+    (its index in ``spec.STATS``) of column ``column[j]`` over ``windows[window[j]]``, the
+    current value added if ``current[j]``; with ``since`` the last output is the time since
+    the previous event. Returns whether more than one record is older than ``cutoff`` (the key
+    needs a trim)."""
+    order = _earlier(f, f.view(np.uint64), t0)
+    k = order.shape[0]
+    ts = np.empty(k)
+    for i in range(k):
+        ts[i] = f[order[i], 0]
+    starts = np.empty(windows.shape[0], dtype=np.int64)
+    for w in range(windows.shape[0]):  # the first event with time + window > t0
+        lo, hi = 0, k
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if ts[mid] + windows[w] <= t0:
+                lo = mid + 1
+            else:
+                hi = mid
+        starts[w] = lo
+    n_cols = f.shape[1] - 2
+    moments = np.empty((n_cols, windows.shape[0], 4))
+    xs, buf_s = np.empty(k), np.empty(max(1, k))
+    buf_m2, buf_mx = np.empty_like(buf_s), np.empty_like(buf_s)
+    for c in range(n_cols):
+        for i in range(k):
+            xs[i] = f[order[i], 2 + c]
+        for w in range(windows.shape[0]):
+            m = moments_of(xs, starts[w], k - starts[w], buf_s, buf_m2, buf_mx)
+            moments[c, w, 0], moments[c, w, 1], moments[c, w, 2], moments[c, w, 3] = m
+    for j in range(column.shape[0]):
+        c = column[j]
+        m = moments[c, window[j]]
+        n, s, m2, mx = m[0], m[1], m[2], m[3]
+        if current[j]:
+            n, s, m2, mx = plus_one(n, s, m2, mx, x0[c])
+        out[j] = _row_stat(stat[j], n, s, m2, mx, x0[c])
+    if since:
+        out[column.shape[0]] = t0 - ts[k - 1] if k > 0 else NO_PREVIOUS
+    old = 0
+    for i in range(f.shape[0]):
+        if f[i, 0] < cutoff:
+            old += 1
+    return old > 1
+
+
+@numba.njit(nogil=True, cache=True)
+def label_row(rows, t0, delays, windows, pair, stat, out):  # pragma: no cover - compiled
+    """One key's label risk at ``t0`` from its labeled events ``rows`` (time, labeled_at,
+    label): per (``delays[p]``, ``windows[p]``) the known labels whose window holds ``t0``,
+    and the frauds among them; output ``j`` is ``LABEL_STATS[stat[j]]`` of pair ``pair[j]``."""
+    frauds, labeled = np.zeros(delays.shape[0]), np.zeros(delays.shape[0])
+    for i in range(rows.shape[0]):
+        known = rows[i, 1]
+        if not np.isfinite(known):
+            continue
+        for p in range(delays.shape[0]):
+            shifted = rows[i, 0] + delays[p]
+            if max(np.nextafter(shifted, np.inf), known) <= t0 < shifted + windows[p]:
+                labeled[p] += 1.0
+                if rows[i, 2] == 1.0:
+                    frauds[p] += 1.0
+    for j in range(pair.shape[0]):
+        p = pair[j]
+        if stat[j] == 0:
+            out[j] = frauds[p]
+        elif stat[j] == 1:
+            out[j] = labeled[p]
+        else:
+            out[j] = frauds[p] / labeled[p] if labeled[p] > 0 else 0.0

@@ -34,7 +34,8 @@ from fraud_lib.features.kernels import (
     label_counts,
     window_moments,
 )
-from fraud_lib.features.offline import calendar_features, window_stat
+from fraud_lib.features.offline import calendar_features, calendar_row, window_stat
+from fraud_lib.features.one_row import EntityPlan, RiskPlan
 from fraud_lib.features.online_store import RecordLayout, RedisEventStore, id_hash
 from fraud_lib.features.spec import NO_PREVIOUS, SEP, BehaviorSpec
 
@@ -302,6 +303,9 @@ class OnlineFeatures:
         self.entities = [n for n, _ in spec.entities if _needs_history(spec, n)]
         self.risk_entities = [n for n, _ in spec.entities
                               if any(r.entity == n for r in spec.label_risk)]  # fmt: skip
+        columns = store.layout.columns
+        self.one_row = [EntityPlan.build(spec, n, columns) for n in self.entities]
+        self.one_row_risk = [RiskPlan.build(spec, n) for n in self.risk_entities]
 
     def _appends(self, batch: Batch, codes: np.ndarray, n_keys: int) -> list[bytes]:
         """Each key's new records (batch order), as slices of one packed buffer."""
@@ -317,6 +321,8 @@ class OnlineFeatures:
     def columns(self, batch: Batch) -> dict[str, np.ndarray]:
         """Features of ``batch`` from the state; appends the batch's events to it (in the same
         round trip), then trims keys that hold expired events."""
+        if len(batch.times) == 1:
+            return self._one(batch)
         keys: list[str] = []
         appends: list[bytes] = []
         coded = {name: key_codes(batch.keys[name]) for name, _ in self.spec.entities}
@@ -335,6 +341,31 @@ class OnlineFeatures:
         sized = [(histories[n], len(coded[n][0])) for n in self.entities]
         self._expire(keys, sized, float(batch.times.max()))
         return out
+
+    def _one(self, batch: Batch) -> dict[str, np.ndarray]:
+        """:meth:`columns` of a one-transaction batch by the compiled kernels of
+        :mod:`~fraud_lib.features.one_row` (the same features, bit for bit)."""
+        keys = [self.store.key(name, str(batch.keys[name][0])) for name in self.entities]
+        columns = self.store.layout.columns
+        record = self.store.layout.pack(batch.times, batch.ids, batch.values).tobytes()
+        blobs = self.store.read_append_raw(keys, [record] * len(keys))
+        t0 = float(batch.times[0])
+        x0 = np.array([batch.values[c][0] for c in columns], dtype=np.float64)
+        cutoff = t0 - self.store.horizon if self.store.horizon else -np.inf
+        out: dict[str, float] = calendar_row(self.spec, t0)
+        stale = []
+        for plan, key, blob in zip(self.one_row, keys, blobs, strict=True):
+            values, trim = plan.compute(blob, 2 + len(columns), t0, x0, cutoff)
+            out.update(zip(plan.names, values.tolist(), strict=True))
+            if trim:
+                stale.append(key)
+        for risk in self.one_row_risk:
+            rows = self.labels.rows(risk.entity, str(batch.keys[risk.entity][0]))
+            out.update(zip(risk.names, risk.compute(rows, t0).tolist(), strict=True))
+        if stale:
+            self.store.trim(stale, t0)
+        row = np.array([out[c] for c in self.spec.output_columns])
+        return {c: row[i : i + 1] for i, c in enumerate(self.spec.output_columns)}
 
     def frame(self, batch: Batch) -> pd.DataFrame:
         """:meth:`columns` as a DataFrame."""

@@ -119,6 +119,12 @@ class LabelCache:
             self._newest = newest
             self.refreshed_at = when
 
+    def rows(self, entity: str, key: str) -> np.ndarray:
+        """Labeled events of one key: rows (event time, labeled_at, label)."""
+        with self._lock:
+            keyed = self._keys.get(entity, {})
+        return keyed.get(key, (_NO_TX, _NO_ROWS))[1]
+
     def history(self, entity: str, uniques: np.ndarray) -> LabelHistory:
         """Labeled events of the given keys, coded by their position in ``uniques``."""
         with self._lock:
