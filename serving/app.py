@@ -79,6 +79,14 @@ class ServiceState:
                     self._online = OnlineService(self.settings, self.db.engine, self.metrics)
         return self._online
 
+    def warm_raw_path(self) -> None:
+        """Import the raw-transaction path now when the champion is behavioral (its compiled
+        kernels are loaded or compiled on import, ~3 s without numba's disk cache), so the
+        worker's first raw request does not wait for it."""
+        served = self.holder.current
+        if served is not None and served.schema.behavior is not None:
+            _ = self.online
+
     def start(self) -> None:
         self.log.start()
         self.holder.start()

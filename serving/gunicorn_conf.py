@@ -153,6 +153,9 @@ def post_worker_init(worker: Any) -> None:
     from serving.gc_tuning import freeze_loaded
 
     threadpool_limits(limits=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    state = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("fraudloop")
+    if state is not None:
+        state.warm_raw_path()
     freeze_loaded()  # the app and the champion are loaded: out of every later collection
 
 

@@ -303,6 +303,7 @@ class OnlineFeatures:
         self.entities = [n for n, _ in spec.entities if _needs_history(spec, n)]
         self.risk_entities = [n for n, _ in spec.entities
                               if any(r.entity == n for r in spec.label_risk)]  # fmt: skip
+        self.output_columns = spec.output_columns
         columns = store.layout.columns
         self.one_row = [EntityPlan.build(spec, n, columns) for n in self.entities]
         self.one_row_risk = [RiskPlan.build(spec, n) for n in self.risk_entities]
@@ -322,7 +323,8 @@ class OnlineFeatures:
         """Features of ``batch`` from the state; appends the batch's events to it (in the same
         round trip), then trims keys that hold expired events."""
         if len(batch.times) == 1:
-            return self._one(batch)
+            row = self._one(batch)
+            return {c: row[i : i + 1] for i, c in enumerate(self.output_columns)}
         keys: list[str] = []
         appends: list[bytes] = []
         coded = {name: key_codes(batch.keys[name]) for name, _ in self.spec.entities}
@@ -342,9 +344,18 @@ class OnlineFeatures:
         self._expire(keys, sized, float(batch.times.max()))
         return out
 
-    def _one(self, batch: Batch) -> dict[str, np.ndarray]:
-        """:meth:`columns` of a one-transaction batch by the compiled kernels of
-        :mod:`~fraud_lib.features.one_row` (the same features, bit for bit)."""
+    def rows(self, batch: Batch) -> np.ndarray:
+        """:meth:`columns` as a float64 matrix (C order), a row per transaction, columns in
+        ``spec.output_columns`` order."""
+        if len(batch.times) == 1:
+            return self._one(batch)[None, :]
+        columns = list(self.columns(batch).values())
+        return np.ascontiguousarray(np.concatenate(columns).reshape(len(columns), -1).T)
+
+    def _one(self, batch: Batch) -> np.ndarray:
+        """The features of a one-transaction batch (``spec.output_columns`` order) by the
+        compiled kernels of :mod:`~fraud_lib.features.one_row` (the batch path's, bit for
+        bit)."""
         keys = [self.store.key(name, str(batch.keys[name][0])) for name in self.entities]
         columns = self.store.layout.columns
         record = self.store.layout.pack(batch.times, batch.ids, batch.values).tobytes()
@@ -364,8 +375,7 @@ class OnlineFeatures:
             out.update(zip(risk.names, risk.compute(rows, t0).tolist(), strict=True))
         if stale:
             self.store.trim(stale, t0)
-        row = np.array([out[c] for c in self.spec.output_columns])
-        return {c: row[i : i + 1] for i, c in enumerate(self.spec.output_columns)}
+        return np.array([out[c] for c in self.output_columns])
 
     def frame(self, batch: Batch) -> pd.DataFrame:
         """:meth:`columns` as a DataFrame."""
