@@ -262,7 +262,7 @@ def main() -> None:
     result = {"load": load, "clients": args.clients, "rate_hz": args.rate,
               "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
               "cpu_ms_per_request": per_request,
-              "top_frames": {f: n for f, n in leaves.most_common(15)},
+              "top_frames": {f: n for f, n in leaves.most_common(30)},
               "outside_requests_ms_per_request": outside_ms}  # fmt: skip
     out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)

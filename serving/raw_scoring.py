@@ -295,7 +295,8 @@ def score_valid_raw(online: OnlineService, served: Any, txs: Transactions,
         columns[spec.id] = list(txs.ids)
     try:
         computer = online.computer(spec)
-        computed = computer.rows(Batch.from_columns(spec, columns, times))
+        batch = Batch.from_columns(spec, columns, times, computer.store.layout)
+        computed = computer.rows(batch)
     except redis.RedisError as exc:
         log.error("online feature state unavailable: %s", exc)
         raise ApiError(503, "feature_state_unavailable", "the online feature state (Redis) "

@@ -67,8 +67,11 @@ class Batch:
         return cls.from_columns(spec, {c: [r[c] for r in rows] for c in wanted}, times)
 
     @classmethod
-    def from_columns(cls, spec: BehaviorSpec, columns: dict[str, list], times: np.ndarray) -> Batch:
-        """From lists per column; without an id column every row gets a random id hash."""
+    def from_columns(cls, spec: BehaviorSpec, columns: dict[str, list], times: np.ndarray,
+                     layout: RecordLayout | None = None) -> Batch:  # fmt: skip
+        """From lists per column; without an id column every row gets a random id hash.
+        ``layout``: the spec's record layout when the caller holds it (else built)."""
+        aggregated = (layout or RecordLayout.for_spec(spec)).columns
         n = len(times)
         if spec.id and spec.id in columns:
             ids = np.fromiter((id_hash(str(i)) for i in columns[spec.id]), np.uint64, count=n)
@@ -79,8 +82,7 @@ class Batch:
             ids=ids,
             keys={name: np.array([str(v) for v in columns[c]], dtype=object)
                   for name, c in spec.entities},
-            values={c: np.asarray(columns[c], dtype=np.float64)
-                    for c in RecordLayout.for_spec(spec).columns},
+            values={c: np.asarray(columns[c], dtype=np.float64) for c in aggregated},
         )  # fmt: skip
 
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from fraud_lib import pgserver, redisserver
-from fraud_lib.features.online_store import RedisEventStore
+from fraud_lib.features.online_store import FEW_KEYS, RedisEventStore
 from fraud_lib.features.raw_table import RAW_SCHEMA_PATH
 from fraud_lib.schema import FeatureSchema
 
@@ -29,15 +29,16 @@ def _record(store: RedisEventStore, t: float, tx: int) -> bytes:
                              {"amount": np.array([1.0])}).tobytes()  # fmt: skip
 
 
-def test_concurrent_appends_are_each_stored_once_and_seen_in_one_order(redis_server):
+@pytest.mark.parametrize("n_keys", [2, FEW_KEYS + 1], ids=["transaction", "script"])
+def test_concurrent_appends_are_each_stored_once_and_seen_in_one_order(redis_server, n_keys):
     client = redis_server.client()
     store = _store(client)
-    keys = [store.key("customer", "c"), store.key("terminal", "t")]
-    seen: dict[int, tuple[int, int]] = {}
+    keys = [store.key("customer", str(i)) for i in range(n_keys)]
+    seen: dict[int, tuple[int, ...]] = {}
 
     def writer(first: int) -> None:
         for tx in range(first, first + 200):
-            blobs = store.read_append_raw(keys, [_record(store, float(tx), tx)] * 2)
+            blobs = store.read_append_raw(keys, [_record(store, float(tx), tx)] * n_keys)
             seen[tx] = tuple(len(b or b"") for b in blobs)
 
     threads = [threading.Thread(target=writer, args=(k * 1000,)) for k in range(4)]
@@ -47,10 +48,10 @@ def test_concurrent_appends_are_each_stored_once_and_seen_in_one_order(redis_ser
         th.join()
     size = store.layout.dtype.itemsize
     assert all(len(client.get(k)) == 800 * size for k in keys)
-    # one snapshot for both keys: a transaction saw as many events of one as of the other,
+    # one snapshot for all keys: a transaction saw as many events of one as of the others,
     # and the 800 transactions saw 0, 1, ..., 799 earlier events (a total order)
-    assert all(a == b for a, b in seen.values())
-    assert sorted(a // size for a, _ in seen.values()) == list(range(800))
+    assert all(len(set(lengths)) == 1 for lengths in seen.values())
+    assert sorted(lengths[0] // size for lengths in seen.values()) == list(range(800))
     client.close()
 
 
