@@ -238,12 +238,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=250, help="samples per second per thread")
-    parser.add_argument("--raw", action="store_true",
-                        help="raw transactions to a behavioral champion (Redis state)")
+    parser.add_argument(
+        "--raw", action="store_true", help="raw transactions to a behavioral champion (Redis state)"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    args.out = args.out or str(BENCH / "results" / ("profile_serving_raw.json" if args.raw
-                                                    else "profile_serving.json"))
+    args.out = args.out or str(
+        BENCH / "results" / ("profile_serving_raw.json" if args.raw else "profile_serving.json")
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="fraudloop-profile-"))
