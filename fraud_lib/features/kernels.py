@@ -261,6 +261,9 @@ def window_moments(x: np.ndarray, ranges: list[tuple[np.ndarray, np.ndarray]]) -
     return out
 
 
+RECORD_HEAD = 2  # an online record's time and id hash precede its columns (online_store)
+
+
 @numba.njit(cache=True)
 def _earlier(f, u, t0):  # pragma: no cover - compiled
     """Rows of the records ``f`` (times in column 0, id hashes in ``u``'s column 1) before
@@ -332,13 +335,13 @@ def entity_row(
             else:
                 hi = mid
         starts[w] = lo
-    n_cols = f.shape[1] - 2
+    n_cols = f.shape[1] - RECORD_HEAD
     moments = np.empty((n_cols, windows.shape[0], 4))
     xs, buf_s = np.empty(k), np.empty(max(1, k))
     buf_m2, buf_mx = np.empty_like(buf_s), np.empty_like(buf_s)
     for c in range(n_cols):
         for i in range(k):
-            xs[i] = f[order[i], 2 + c]
+            xs[i] = f[order[i], RECORD_HEAD + c]
         for w in range(windows.shape[0]):
             m = moments_of(xs, starts[w], k - starts[w], buf_s, buf_m2, buf_mx)
             moments[c, w, 0], moments[c, w, 1], moments[c, w, 2], moments[c, w, 3] = m

@@ -23,12 +23,10 @@ import numpy as np
 from fraud_lib.features.kernels import entity_row, label_row
 from fraud_lib.features.spec import LABEL_STATS, SEP, STATS, BehaviorSpec
 
-RECORD_HEAD = 2  # a record's time and id hash come before its aggregated columns
-
 
 @dataclass(frozen=True)
 class EntityPlan:
-    """What :func:`_entity_row` computes for one entity: output names and their codes."""
+    """What :func:`~fraud_lib.features.kernels.entity_row` computes for one entity: output names and their codes."""
 
     entity: str
     names: tuple[str, ...]
@@ -68,7 +66,7 @@ class EntityPlan:
 
 @dataclass(frozen=True)
 class RiskPlan:
-    """What :func:`_label_row` computes for one entity: output names and their codes."""
+    """What :func:`~fraud_lib.features.kernels.label_row` computes for one entity: output names and their codes."""
 
     entity: str
     names: tuple[str, ...]

@@ -368,7 +368,7 @@ class OnlineFeatures:
         out: dict[str, float] = calendar_row(self.spec, t0)
         stale = []
         for plan, key, blob in zip(self.one_row, keys, blobs, strict=True):
-            values, trim = plan.compute(blob, 2 + len(columns), t0, x0, cutoff)
+            values, trim = plan.compute(blob, self.store.layout.width, t0, x0, cutoff)
             out.update(zip(plan.names, values.tolist(), strict=True))
             if trim:
                 stale.append(key)

@@ -109,6 +109,11 @@ class RecordLayout:
         """Structured numpy dtype of a record (little-endian; built once: ~3 us a call)."""
         return np.dtype([("t", "<f8"), ("id", "<u8"), *((c, "<f8") for c in self.columns)])
 
+    @property
+    def width(self) -> int:
+        """8-byte fields per record."""
+        return len(self.dtype.names)
+
     def pack(self, times: np.ndarray, ids: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray:
         """Records for arrays of event times, id hashes and column values."""
         out = np.empty(len(times), dtype=self.dtype)

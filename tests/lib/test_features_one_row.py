@@ -86,7 +86,7 @@ def test_one_row_kernels_equal_the_batch_path_bit_for_bit(spec_index, seed):
     for name, _ in spec.entities:
         plan = EntityPlan.build(spec, name, layout.columns)
         blob = records[name].tobytes() or None
-        values, stale = plan.compute(blob, 2 + len(layout.columns), t0, x0, cutoff)
+        values, stale = plan.compute(blob, layout.width, t0, x0, cutoff)
         got.update(zip(plan.names, values.tolist(), strict=True))
         assert stale == ((records[name]["t"] < cutoff).sum() > 1)
         if any(r.entity == name for r in spec.label_risk):
