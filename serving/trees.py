@@ -11,7 +11,9 @@ scikit-learn's fitted tree records, ``_predictors`` and ``_baseline_prediction``
 
 Measured on the 2-vCPU VM (105 trees, 31 leaves, depth up to 18), single thread: 10,000 rows
 27 ms where ``predict_proba`` takes 46 ms; one row 12 us where ``predict_proba`` spends ~1 ms in
-per-tree Python overhead. The kernel releases the GIL, so two threads score two halves at once.
+per-tree Python overhead. From :data:`HOLD_GIL_BELOW` rows the kernel releases the GIL, so two
+threads score two halves at once; fewer rows keep it (a thread that released it for ~12 us
+waited to take it back behind the worker's other threads).
 It is compiled when this module is imported (two variants, ~0.8 s each, once per process,
 then read from numba's disk cache).
 

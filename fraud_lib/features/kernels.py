@@ -8,7 +8,7 @@ loop per query. Both are compiled when this module is imported.
 The last kernels are the online path of a single transaction (:mod:`fraud_lib.features.one_row`):
 one call per entity, built from the same :func:`moments_of` and :func:`plus_one`. They keep
 the GIL (a request thread that released it for a few microseconds then waited to take it back
-behind the worker's other threads: 20-25 % fewer transactions a second in a 4-thread test). They
+behind the worker's other threads: 15-23 % fewer transactions a second in a 4-thread test). They
 are cached on disk (``cache=True``; numba checks only this file's timestamp, which is why they live
 here with the functions they call).
 
