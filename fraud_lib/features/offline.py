@@ -38,6 +38,7 @@ from fraud_lib.features.kernels import (
     count_in_group,
     group_slices,
     grouped_searchsorted,
+    row_stats,
     window_moments,
 )
 from fraud_lib.features.spec import (
@@ -45,6 +46,7 @@ from fraud_lib.features.spec import (
     NIGHT_END_HOUR,
     NO_PREVIOUS,
     SEP,
+    STATS,
     Aggregate,
     BehaviorSpec,
     LabelRisk,
@@ -202,22 +204,13 @@ class _EntityView:
 
 
 def window_stat(aggregate: Aggregate, m: Moments, x: np.ndarray) -> np.ndarray:
-    """One stat from window moments (empty windows give 0, see the module docstring); shared
-    with the online computer."""
-    has = m.n > 0
-    mean = np.divide(m.s, m.n, out=np.zeros_like(m.s), where=has)
-    if aggregate.stat == "count":
-        return m.n.copy()
-    if aggregate.stat == "sum":
-        return m.s.copy()
-    if aggregate.stat == "mean":
-        return mean
-    if aggregate.stat == "std":
-        var = np.divide(m.m2, m.n, out=np.zeros_like(m.s), where=has)
-        return np.sqrt(np.maximum(var, 0.0))
-    if aggregate.stat == "max":
-        return np.where(has, m.mx, 0.0)
-    return np.divide(x, mean, out=np.zeros_like(x), where=mean != 0)  # ratio
+    """One stat from window moments (empty windows give 0, see the module docstring), by the
+    compiled rule the online single-transaction kernel applies too
+    (:func:`~fraud_lib.features.kernels.row_stats`); shared with the online computer."""
+    out = np.empty(len(m.n))
+    row_stats(STATS.index(aggregate.stat), m.n, m.s, m.m2, m.mx,
+              np.asarray(x, dtype=np.float64), out)  # fmt: skip
+    return out
 
 
 def _aggregates(view: _EntityView, aggs: list[Aggregate], events: pd.DataFrame) -> dict:
