@@ -4,7 +4,8 @@
 #   docker run --rm fraudloop:latest fraud --help            # CLI
 # The default CMD is the scoring service; in a container it needs FRAUD_DATABASE_URL and
 # MLFLOW_TRACKING_URI (the image has no embedded Postgres): see docker-compose.yaml.
-# Every wheel in requirements.txt is pure Python or manylinux (x86_64), so no compiler is needed.
+# Every wheel in requirements.txt is pure Python or manylinux (x86_64); the project's own tree
+# kernel (serving/_tree_kernel.pyx) is compiled at install, with a compiler removed after.
 FROM python:3.11-slim
 
 # OMP_NUM_THREADS=1: two gunicorn workers each running an OpenMP pool fell to ~16 requests/s
@@ -32,7 +33,9 @@ RUN pip install -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY fraud_lib/ ./fraud_lib/
 COPY serving/ ./serving/
-RUN pip install --no-deps . && rm -rf build ./*.egg-info
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && pip install --no-deps . && rm -rf build ./*.egg-info \
+ && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 
 COPY dags/ ./dags/
 

@@ -47,7 +47,7 @@ PARTS = (
     ("spool encode + append", ("serving/spool.py", "prediction_log.py")),
     ("validation + JSON decode", ("serving/typed_batch.py", "serving/validation.py",
                                   "serving/raw_scoring.py")),
-    ("scoring (compiled trees)", ("serving/scoring.py", "serving/trees.py")),
+    ("scoring (compiled trees)", ("serving/scoring.py", "serving/trees.py", "_tree_kernel")),
     ("score view (ids, risk, answer encode)", ("serving/api.py",)),
     ("request hooks (ids, timers)", ("serving/app.py",)),
     ("Flask / werkzeug", ("flask/", "werkzeug/")),

@@ -12,8 +12,9 @@ Environment (command-line flags such as ``-b``/``-w`` win over these):
 - ``FRAUD_ACCESS_LOG`` (off): access log file, ``-`` for stderr
 - ``FRAUD_LOG_LEVEL`` (info): log level of gunicorn and the service
 - ``PROMETHEUS_MULTIPROC_DIR`` (``state_dir/prometheus/<host>-<master pid>``): metrics files
-- ``NUMBA_CACHE_DIR`` (``state_dir/numba``): the compiled tree kernel, compiled by the first
-  worker and read from there by the next ones (~16 MB resident and ~1 s of start-up less each)
+- ``NUMBA_CACHE_DIR`` (``state_dir/numba``): a behavioral champion's feature kernels, compiled
+  by the first worker and read from there by the next ones (~16 MB resident and ~3 s of
+  start-up less each)
 
 Worker class. ``buffered`` (:class:`serving.buffered_worker.BufferedWorker`, the default) is
 gunicorn's ``gthread`` whose event loop receives each request whole, with read deadlines,
@@ -28,7 +29,7 @@ with ``recv_into`` in one buffer, the copy to ``bytes`` included). The alternati
 timeouts alone (gthread with a socket timeout) bound only the wait for each ``recv``, so a
 client sending a byte a second holds a thread for as long as it likes, and 8 of them still
 stall a worker pair; gevent would monkey-patch the threads of the prediction-log shipper and
-the model poller into greenlets that the numba scoring and the msgspec decoding never yield
+the model poller into greenlets that the compiled scoring and the msgspec decoding never yield
 from, plus a new dependency. ``sync`` closes the connection after every response; in earlier
 runs of ``bench/bench_serving.py`` it was level with ``gthread`` (1,000-1,800 requests/s).
 The threads share one GIL: they overlap network I/O, not scoring.

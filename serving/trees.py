@@ -1,21 +1,17 @@
-"""A binary HistGradientBoostingClassifier compiled to machine code with numba.
+"""A binary HistGradientBoostingClassifier scored by a compiled tree walk.
 
 The fitted trees are flattened into a few arrays (for every node: feature, threshold, two
-children; a leaf points at itself) and a numba kernel walks them: rows go :data:`BLOCK` at a
-time through each tree, one level per step for all rows of the block, with no branch on the
-data, so the CPU overlaps the rows' memory loads instead of mispredicting one branch per level.
-Leaf values are added in tree order to the baseline, as scikit-learn adds them, and the same
-``expit`` turns them into probabilities: the scores are identical to ``predict_proba``'s, which
-:func:`serving.scoring.prepare` checks on the canary batch at every load (this reads
-scikit-learn's fitted tree records, ``_predictors`` and ``_baseline_prediction``).
+children; a leaf points at itself) and the C extension :mod:`serving._tree_kernel` (Cython,
+built when the project is installed) walks them and turns the sums into probabilities: the
+scores are identical to ``predict_proba``'s, which :func:`serving.scoring.prepare` checks on
+the canary batch at every load (this reads scikit-learn's fitted tree records, ``_predictors``
+and ``_baseline_prediction``).
 
-Measured on the 2-vCPU VM (105 trees, 31 leaves, depth up to 18), single thread: 10,000 rows
-27 ms where ``predict_proba`` takes 46 ms; one row 12 us where ``predict_proba`` spends ~1 ms in
-per-tree Python overhead. From :data:`HOLD_GIL_BELOW` rows the kernel releases the GIL, so two
-threads score two halves at once; fewer rows keep it (a thread that released it for ~12 us
-waited to take it back behind the worker's other threads).
-It is compiled when this module is imported (two variants, ~0.8 s each, once per process,
-then read from numba's disk cache).
+Measured on the 2-vCPU VM (105 trees, 31 leaves, depth up to 17), single thread: 10,000 rows
+9.5 ms (the numba kernel it replaced: 19.7 ms; ``predict_proba`` ~46 ms); one row 4.8 us (numba
+8.0 us; ``predict_proba`` ~1 ms of per-tree Python overhead). A worker no longer imports numba,
+LLVM or scipy for it (~125 MB resident less, issue 17). From :data:`HOLD_GIL_BELOW` rows the
+kernel releases the GIL, so two threads score two halves at once; fewer rows keep it.
 
 Rows must be finite: the walk sends ``x > threshold`` right and everything else left, so a NaN
 would go left where the tree may send missing values right (the API refuses NaN and inf).
@@ -25,58 +21,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
-from scipy.special import expit
 
-BLOCK = 32  # rows walked together (16: +5 %, 64: same)
+from serving._tree_kernel import TreeKernel
+
 HOLD_GIL_BELOW = 64  # fewer rows are scored without releasing the GIL
-
-_SIGNATURE = (
-    "void(float64[:, ::1], int32[::1], int32[::1], int32[::1], float64[::1], int32[::1], "
-    "float64[::1], float64, float64[::1])"
-)
-
-
-@numba.njit(nogil=True, cache=False)
-def _walk(X, roots, depths, feature, threshold, children, value, baseline, out):
-    """``out[i]`` = baseline + row i's leaf value in every tree, in tree order."""
-    nodes = np.empty(BLOCK, np.int32)
-    acc = np.empty(BLOCK)
-    n = X.shape[0]
-    for start in range(0, n, BLOCK):
-        m = min(BLOCK, n - start)
-        for j in range(m):
-            acc[j] = baseline
-        for t in range(roots.shape[0]):
-            for j in range(m):
-                nodes[j] = roots[t]
-            for _ in range(depths[t]):
-                for j in range(m):
-                    node = nodes[j]
-                    go_right = X[start + j, feature[node]] > threshold[node]
-                    nodes[j] = children[2 * node + go_right]
-            for j in range(m):
-                acc[j] += value[nodes[j]]
-        for j in range(m):
-            out[start + j] = acc[j]
-
-
-@numba.njit(_SIGNATURE, nogil=True, cache=True)
-def _raw_predictions(X, roots, depths, feature, threshold, children, value, baseline, out):
-    """:func:`_walk`, the GIL released: two threads score two halves of a batch at once."""
-    _walk(X, roots, depths, feature, threshold, children, value, baseline, out)
-
-
-@numba.njit(_SIGNATURE, cache=True)
-def _raw_predictions_held(X, roots, depths, feature, threshold, children, value, baseline, out):
-    """:func:`_walk` keeping the GIL, for a few rows: a thread that releases it for ~12 us
-    then waits to take it back behind the worker's other request threads."""
-    _walk(X, roots, depths, feature, threshold, children, value, baseline, out)
 
 
 class CompiledTrees:
-    """The trees of a binary HGB classifier as flat arrays, scored by the numba kernel."""
+    """The trees of a binary HGB classifier as flat arrays, scored by the compiled kernel."""
 
     ARRAYS = ("feature", "threshold", "value", "children", "roots", "depths")
 
@@ -89,6 +42,26 @@ class CompiledTrees:
             setattr(self, name, arr)
         self.baseline = float(baseline)
         self.n_features = int(n_features)
+        self._check_bounds()
+        self._kernel = TreeKernel(self.roots, self.depths, self.feature, self.threshold,
+                                  self.children, self.value, self.baseline)  # fmt: skip
+
+    def _check_bounds(self) -> None:
+        """Refuse arrays that would make the kernel read outside them (it checks nothing)."""
+        n = len(self.feature)
+        sizes = {"threshold": len(self.threshold), "value": len(self.value),
+                 "children": len(self.children) // 2}  # fmt: skip
+        if any(size != n for size in sizes.values()) or len(self.children) != 2 * n:
+            raise ValueError(f"tree arrays of unequal sizes: {n} nodes, {sizes}")
+        if len(self.roots) != len(self.depths):
+            raise ValueError(f"{len(self.roots)} roots for {len(self.depths)} depths")
+        checks = {"feature": (self.feature, self.n_features), "children": (self.children, n),
+                  "roots": (self.roots, n)}  # fmt: skip
+        for name, (arr, bound) in checks.items():
+            if arr.size and (arr.min() < 0 or arr.max() >= bound):
+                raise ValueError(f"tree array {name!r} has an index outside [0, {bound})")
+        if self.depths.size and self.depths.min() < 0:
+            raise ValueError("tree array 'depths' has a negative depth")
 
     @classmethod
     def from_classifier(cls, clf: Any) -> CompiledTrees:
@@ -139,10 +112,6 @@ class CompiledTrees:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected rows of {self.n_features} features, got shape {X.shape}")
         X = np.ascontiguousarray(X, dtype=np.float64)
-        if not X.flags.writeable:  # the kernel's signature takes writable arrays
-            X = X.copy()
         out = np.empty(X.shape[0])
-        kernel = _raw_predictions_held if X.shape[0] < HOLD_GIL_BELOW else _raw_predictions
-        kernel(X, self.roots, self.depths, self.feature, self.threshold,
-                         self.children, self.value, self.baseline, out)  # fmt: skip
-        return expit(out)
+        self._kernel.predict(X, out, X.shape[0] >= HOLD_GIL_BELOW)
+        return out

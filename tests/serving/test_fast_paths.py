@@ -213,3 +213,27 @@ def test_bulk_body_of_a_client_that_hangs_up_early_is_what_it_sent():
         )
     finally:
         receiver.close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda a: a["feature"].__setitem__(0, 29), "'feature' has an index outside"),
+        (lambda a: a["children"].__setitem__(-1, 10**6), "'children' has an index outside"),
+        (lambda a: a["roots"].__setitem__(0, -1), "'roots' has an index outside"),
+        (lambda a: a.__setitem__("value", a["value"][:-1]), "unequal sizes"),
+        (lambda a: a.__setitem__("depths", a["depths"][:-1]), "roots for"),
+    ],
+    ids=["feature", "child", "root", "values", "depths"],
+)
+def test_compiled_trees_refuse_arrays_the_kernel_would_read_outside_of(damage, message):
+    """The C kernel checks no index, so arrays from a file are checked when they are loaded."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(500, 29))
+    clf = HistGradientBoostingClassifier(max_iter=3).fit(X, (X[:, 0] > 0).astype(int))
+    good = CompiledTrees.from_classifier(clf)
+    arrays = {name: arr.copy() for name, arr in good.arrays().items()}
+    damage(arrays)
+    with pytest.raises(ValueError, match=message):
+        CompiledTrees(arrays, good.baseline, 29)
+    assert good.predict(np.empty((0, 29))).shape == (0,)
