@@ -18,11 +18,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt pyproject.toml serving/_tree_kernel.pyx
+$(STAMP): requirements.txt pyproject.toml serving/_tree_kernel.pyx scripts/build-deps.sh
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fraudloop needs Python 3.11+; set PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo ">> installing pinned dependencies into $(VENV) (first run: ~3 min)"
 	$(BIN)/pip install --quiet -r requirements.txt
+	@bash scripts/build-deps.sh $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
