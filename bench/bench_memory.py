@@ -39,7 +39,7 @@ from serving_inprocess import ARROW_STREAM, arrow_stream  # noqa: E402
 
 MB = 1024 * 1024
 _KINDS = (  # (kind, pattern of the mapping's path), first match wins; no path: anonymous
-    ("numba / llvmlite", re.compile(r"llvmlite|numba")),
+    ("fraudloop's compiled kernels", re.compile(r"_tree_kernel|features/_kernels")),
     ("pyarrow", re.compile(r"pyarrow")),
     ("numpy / scipy / scikit-learn", re.compile(r"numpy|scipy|sklearn|scikit_learn")),
     ("other shared libraries", re.compile(r"\.so")),

@@ -80,9 +80,8 @@ class ServiceState:
         return self._online
 
     def warm_raw_path(self) -> None:
-        """Import the raw-transaction path now when the champion is behavioral (its compiled
-        kernels are loaded or compiled on import, ~3 s without numba's disk cache), so the
-        worker's first raw request does not wait for it."""
+        """Import the raw-transaction path now when the champion is behavioral (pandas, Redis
+        and the feature code, ~1 s), so the worker's first raw request does not wait for it."""
         served = self.holder.current
         if served is not None and served.schema.behavior is not None:
             _ = self.online

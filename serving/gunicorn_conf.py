@@ -12,9 +12,6 @@ Environment (command-line flags such as ``-b``/``-w`` win over these):
 - ``FRAUD_ACCESS_LOG`` (off): access log file, ``-`` for stderr
 - ``FRAUD_LOG_LEVEL`` (info): log level of gunicorn and the service
 - ``PROMETHEUS_MULTIPROC_DIR`` (``state_dir/prometheus/<host>-<master pid>``): metrics files
-- ``NUMBA_CACHE_DIR`` (``state_dir/numba``): a behavioral champion's feature kernels, compiled
-  by the first worker and read from there by the next ones (~16 MB resident and ~3 s of
-  start-up less each)
 
 Worker class. ``buffered`` (:class:`serving.buffered_worker.BufferedWorker`, the default) is
 gunicorn's ``gthread`` whose event loop receives each request whole, with read deadlines,
@@ -121,16 +118,6 @@ control_socket_disable = True  # unused; avoids one shared ~/.gunicorn/gunicorn.
 # The service's own loggers (serving.*, fraud_lib.*): configured here, in the master, and
 # inherited by the forked workers. (A gunicorn logconfig_dict would switch the access log on
 # for every request, ~30 us each, whatever accesslog says.)
-def _numba_cache_dir() -> str:
-    """``NUMBA_CACHE_DIR`` if set, else ``state_dir/numba`` (created; inherited by workers)."""
-    if not os.environ.get("NUMBA_CACHE_DIR"):
-        from fraud_lib.config import Settings
-
-        os.environ["NUMBA_CACHE_DIR"] = str(Path(Settings.from_env().state_dir) / "numba")
-    Path(os.environ["NUMBA_CACHE_DIR"]).mkdir(parents=True, exist_ok=True)
-    return os.environ["NUMBA_CACHE_DIR"]
-
-
 logging.basicConfig(
     level=loglevel.upper(),
     handlers=[log_handler("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")],
@@ -138,7 +125,6 @@ logging.basicConfig(
 for _noisy in ("mlflow", "alembic", "urllib3", "git"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 METRICS_DIR = _metrics_dir()
-NUMBA_CACHE_DIR = _numba_cache_dir()
 if keep_freed_memory():
     logging.getLogger("serving").info("malloc: freed memory is kept for the next request")
 

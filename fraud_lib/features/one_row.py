@@ -9,8 +9,8 @@ Redis blob viewed as rows of float64 / uint64: time, id hash, aggregated columns
 its aggregates and time since previous, and one call per label-risk entity counts its labels.
 The rules and the float operations are the batch path's: the events before the transaction's
 time, sorted by (time, id hash), a retried transaction's stored copy dropped; windows summed by
-:func:`~fraud_lib.features.kernels.moments_of`, the current value added by
-:func:`~fraud_lib.features.kernels.plus_one`. ``tests/lib/test_features_one_row.py`` checks
+the compiled window moments of :mod:`fraud_lib.features._kernels`, the current value added as
+``Moments.with_current`` adds it. ``tests/lib/test_features_one_row.py`` checks
 the two paths bit for bit (sorted, unsorted, duplicated, empty histories, labels).
 """
 
@@ -20,22 +20,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fraud_lib.features.kernels import entity_row, label_row
+from fraud_lib.features.kernels import EntityKernel, LabelKernel
 from fraud_lib.features.spec import LABEL_STATS, SEP, STATS, BehaviorSpec
 
 
 @dataclass(frozen=True)
 class EntityPlan:
-    """What :func:`~fraud_lib.features.kernels.entity_row` computes for one entity: output names and their codes."""
+    """One entity's output names and the :class:`~fraud_lib.features.kernels.EntityKernel`
+    that computes them."""
 
     entity: str
     names: tuple[str, ...]
-    windows: np.ndarray
-    column: np.ndarray
-    window: np.ndarray
-    current: np.ndarray
-    stat: np.ndarray
-    since: bool
+    kernel: EntityKernel
 
     @classmethod
     def build(cls, spec: BehaviorSpec, entity: str, columns: tuple[str, ...]) -> EntityPlan:
@@ -44,36 +40,32 @@ class EntityPlan:
         windows = list(dict.fromkeys(a.window.seconds for a in aggs))
         since = any(s.entity == entity for s in spec.time_since)
         names = [a.name for a in aggs] + ([f"{entity}{SEP}time_since_prev"] if since else [])
-        return cls(
-            entity, tuple(names), np.array(windows, dtype=np.float64),
+        kernel = EntityKernel(
+            np.array(windows, dtype=np.float64),
             np.array([columns.index(a.column) for a in aggs], dtype=np.int64),
             np.array([windows.index(a.window.seconds) for a in aggs], dtype=np.int64),
-            np.array([a.include_current for a in aggs], dtype=np.bool_),
+            np.array([a.include_current for a in aggs], dtype=np.uint8),
             np.array([STATS.index(a.stat) for a in aggs], dtype=np.int64), since,
         )  # fmt: skip
+        return cls(entity, tuple(names), kernel)
 
     def compute(self, records: bytes | None, width: int, t0: float, x0: np.ndarray,
                 cutoff: float) -> tuple[np.ndarray, bool]:  # fmt: skip
         """(outputs in :attr:`names` order, whether the key needs a trim) from the entity's
         stored blob (``width`` 8-byte fields per record)."""
-        blob = records or b""
-        f = np.frombuffer(blob, dtype="<f8").reshape(-1, width)
+        f = np.frombuffer(records or b"", dtype="<f8").reshape(-1, width)
         out = np.empty(len(self.names))
-        stale = entity_row(f, t0, x0, self.windows, self.column, self.window, self.current,
-                           self.stat, self.since, cutoff, out)  # fmt: skip
-        return out, bool(stale)
+        return out, self.kernel.compute(f, t0, x0, cutoff, out)
 
 
 @dataclass(frozen=True)
 class RiskPlan:
-    """What :func:`~fraud_lib.features.kernels.label_row` computes for one entity: output names and their codes."""
+    """One entity's label-risk output names and the
+    :class:`~fraud_lib.features.kernels.LabelKernel` that computes them."""
 
     entity: str
     names: tuple[str, ...]
-    delays: np.ndarray
-    windows: np.ndarray
-    pair: np.ndarray
-    stat: np.ndarray
+    kernel: LabelKernel
 
     @classmethod
     def build(cls, spec: BehaviorSpec, entity: str) -> RiskPlan:
@@ -81,31 +73,18 @@ class RiskPlan:
         risks = [r for r in spec.label_risk if r.entity == entity]
         pairs = list(dict.fromkeys((r.delay.seconds if r.delay else 0.0, r.window.seconds)
                                    for r in risks))  # fmt: skip
-        return cls(
-            entity, tuple(r.name for r in risks),
+        kernel = LabelKernel(
             np.array([d for d, _ in pairs], dtype=np.float64),
             np.array([w for _, w in pairs], dtype=np.float64),
             np.array([pairs.index((r.delay.seconds if r.delay else 0.0, r.window.seconds))
                       for r in risks], dtype=np.int64),
             np.array([LABEL_STATS.index(r.stat) for r in risks], dtype=np.int64),
         )  # fmt: skip
+        return cls(entity, tuple(r.name for r in risks), kernel)
 
     def compute(self, rows: np.ndarray, t0: float) -> np.ndarray:
         """Outputs in :attr:`names` order from the key's labeled events (time, labeled_at,
         label)."""
         out = np.empty(len(self.names))
-        label_row(np.ascontiguousarray(rows, dtype=np.float64), t0, self.delays, self.windows,
-                   self.pair, self.stat, out)  # fmt: skip
+        self.kernel.compute(np.ascontiguousarray(rows, dtype=np.float64), t0, out)
         return out
-
-
-def _warm_up() -> None:
-    """Load (or compile) the kernels now rather than in the first request: a stored blob is
-    read-only, labels are a writable array."""
-    f = np.frombuffer(np.zeros(6).tobytes(), dtype="<f8").reshape(2, 3)
-    one, zero = np.ones(1), np.zeros(1, np.int64)
-    entity_row(f, 1.0, one, one, zero, zero, np.ones(1, np.bool_), zero, True, 0.0, np.empty(2))
-    label_row(np.zeros((1, 3)), 1.0, np.zeros(1), one, zero, zero, np.empty(1))
-
-
-_warm_up()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fraud_lib.features.kernels import EntityKernel, LabelKernel
 from fraud_lib.features.offline import calendar_features, calendar_row
 from fraud_lib.features.one_row import EntityPlan, RiskPlan
 from fraud_lib.features.online import Batch, History, LabelHistory, compute_columns
@@ -115,6 +116,31 @@ def test_a_retried_transactions_stored_copy_is_not_counted_twice():
     assert a.tobytes() == b.tobytes()
     count = plan.names.index("customer__amount__count__1d")
     assert a[count] == 2.0
+
+
+def test_the_compiled_kernels_refuse_arrays_they_would_read_outside_of():
+    """The C loops check no index, so the plans and the arrays of each call are checked."""
+    f8, i8, u1 = np.float64, np.int64, np.uint8
+    ones, zero = np.ones(1, f8), np.zeros(1, i8)
+    with pytest.raises(ValueError, match="window or column it does not have"):
+        EntityKernel(ones, zero, np.ones(1, i8), np.ones(1, u1), zero, False)  # window 1 of 1
+    with pytest.raises(ValueError, match="unequal lengths"):
+        EntityKernel(ones, zero, np.zeros(2, i8), np.ones(1, u1), zero, False)
+    kernel = EntityKernel(ones, np.array([1], i8), zero, np.ones(1, u1), zero, True)
+    assert kernel.outputs == 2
+    records = np.zeros((2, 3))  # time, id hash and one column: the plan reads column 1
+    with pytest.raises(ValueError, match="records of 1 columns for a plan that needs 2"):
+        kernel.compute(records, T0, np.ones(2), -np.inf, np.empty(2))
+    with pytest.raises(ValueError, match="out holds 1 values, not 2"):
+        kernel.compute(np.zeros((2, 4)), T0, np.ones(2), -np.inf, np.empty(1))
+    with pytest.raises(ValueError, match="does not have"):
+        LabelKernel(np.zeros(1), ones, np.array([1], i8), zero)
+    labels = LabelKernel(np.zeros(1), ones * DAY, zero, zero)
+    with pytest.raises(ValueError, match="3 columns"):
+        labels.compute(np.zeros((1, 2)), T0, np.empty(1))
+    out = np.empty(1)
+    labels.compute(np.array([[T0 - 60, T0 - 30, 1.0]]), T0, out)
+    assert out[0] == 1.0
 
 
 def test_calendar_of_one_time_equals_the_vectorised_calendar():
