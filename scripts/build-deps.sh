@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What `pip install -e .` needs to compile the project's C extension (serving/_tree_kernel.pyx,
-# the scoring service's tree walk): a C compiler and the headers of the Python that builds it.
+# What `pip install -e .` needs to compile the project's C extensions (serving/_tree_kernel.pyx,
+# the scoring service's tree walk, and fraud_lib/features/_kernels.pyx, the behavioral features'
+# loops): a C compiler and the headers of the Python that builds them.
 # Usage: scripts/build-deps.sh PYTHON. As root with apt-get, installs what is missing (gcc,
 # libc6-dev, and pythonX.Y-dev for a Debian interpreter); otherwise prints what to install and
 # exits 1 if something is missing.
@@ -18,13 +19,13 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: building fraudloop's C extension needs ${missing[*]} (no C compiler or no" \
+    echo "error: building fraudloop's C extensions needs ${missing[*]} (no C compiler or no" \
          "$headers/Python.h); install them, e.g." >&2
     echo "  sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
     exit 1
 fi
 
-echo ">> installing ${missing[*]} with apt-get (to compile serving/_tree_kernel.pyx)"
+echo ">> installing ${missing[*]} with apt-get (to compile fraudloop's C extensions)"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
