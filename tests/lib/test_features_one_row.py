@@ -143,6 +143,26 @@ def test_the_compiled_kernels_refuse_arrays_they_would_read_outside_of():
     assert out[0] == 1.0
 
 
+def test_many_events_at_one_time_are_ordered_by_id_hash_whatever_their_stored_order():
+    """A client may send thousands of transactions with one timestamp for one card: the
+    kernel orders them by (time, id hash) with one sort (an insertion sort took ~0.3 s for
+    10,000 of them, under the GIL) and gives the features of any stored order."""
+    spec = _specs()[1]
+    layout = RecordLayout.for_spec(spec)
+    plan = EntityPlan.build(spec, "customer", layout.columns)
+    rng = np.random.default_rng(7)
+    n = 3000
+    hashes = rng.integers(0, 2**63, n).astype(np.uint64)
+    amounts = rng.uniform(1, 500, n)
+    records = layout.pack(np.full(n, T0), hashes, {"amount": amounts})
+    order = np.argsort(hashes)
+    x0 = np.array([42.0])
+    stored, _ = plan.compute(records.tobytes(), 3, T0 + 60, x0, -np.inf)
+    by_hash, _ = plan.compute(records[order].tobytes(), 3, T0 + 60, x0, -np.inf)
+    assert stored.tobytes() == by_hash.tobytes()
+    assert stored[plan.names.index("customer__amount__count__1d")] == n
+
+
 def test_calendar_of_one_time_equals_the_vectorised_calendar():
     spec = _specs()[0]
     rng = np.random.default_rng(0)
