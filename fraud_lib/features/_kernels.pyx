@@ -243,6 +243,8 @@ cdef class EntityKernel:
         hash bits, aggregated columns) for a transaction at ``t0`` with column values ``x0``.
         Returns whether more than one record is older than ``cutoff`` (the key needs a trim)."""
         cdef Py_ssize_t n_cols = f.shape[1] - RECORD_HEAD, n_w = self.windows.shape[0]
+        if n_cols < 0:
+            raise ValueError(f"records of {f.shape[1]} fields: a record starts with its time and id hash")
         if n_cols < self.columns_needed or x0.shape[0] < self.columns_needed:
             raise ValueError(f"records of {n_cols} columns for a plan that needs {self.columns_needed}")
         if out.shape[0] < self.outputs:

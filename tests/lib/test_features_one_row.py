@@ -131,6 +131,10 @@ def test_the_compiled_kernels_refuse_arrays_they_would_read_outside_of():
     records = np.zeros((2, 3))  # time, id hash and one column: the plan reads column 1
     with pytest.raises(ValueError, match="records of 1 columns for a plan that needs 2"):
         kernel.compute(records, T0, np.ones(2), -np.inf, np.empty(2))
+    with pytest.raises(ValueError, match="a record starts with its time and id hash"):
+        EntityKernel(ones, zero, zero, np.ones(1, u1), zero, False).compute(
+            np.zeros((2, 1)), T0, np.ones(1), -np.inf, np.empty(1)
+        )
     with pytest.raises(ValueError, match="out holds 1 values, not 2"):
         kernel.compute(np.zeros((2, 4)), T0, np.ones(2), -np.inf, np.empty(1))
     with pytest.raises(ValueError, match="does not have"):
