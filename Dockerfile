@@ -5,8 +5,8 @@
 # The default CMD is the scoring service; in a container it needs FRAUD_DATABASE_URL and
 # MLFLOW_TRACKING_URI (the image has no embedded Postgres): see docker-compose.yaml.
 # Every wheel in requirements.txt is pure Python or manylinux (x86_64); the project's own
-# kernels (serving/_tree_kernel.pyx, fraud_lib/features/_kernels.pyx) are compiled at install,
-# with a compiler removed after.
+# extensions (serving/*.pyx, fraud_lib/features/_kernels.pyx) are compiled at install, with a
+# compiler removed after.
 FROM python:3.11-slim
 
 # OMP_NUM_THREADS=1: two gunicorn workers each running an OpenMP pool fell to ~16 requests/s

@@ -18,7 +18,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt pyproject.toml serving/_tree_kernel.pyx fraud_lib/features/_kernels.pyx scripts/build-deps.sh
+$(STAMP): requirements.txt pyproject.toml $(wildcard serving/*.pyx fraud_lib/features/*.pyx) scripts/build-deps.sh
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fraudloop needs Python 3.11+; set PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo ">> installing pinned dependencies into $(VENV) (first run: ~3 min)"

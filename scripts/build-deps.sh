@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# What `pip install -e .` needs to compile the project's C extensions (serving/_tree_kernel.pyx,
-# the scoring service's tree walk, and fraud_lib/features/_kernels.pyx, the behavioral features'
-# loops): a C compiler and the headers of the Python that builds them.
+# What `pip install -e .` needs to compile the project's C extensions (serving/*.pyx, the scoring
+# service's tree walk and batch matrix read, and fraud_lib/features/_kernels.pyx, the behavioral
+# features' loops): a C compiler and the headers of the Python that builds them.
 # Usage: scripts/build-deps.sh PYTHON. As root with apt-get, installs what is missing (gcc,
 # libc6-dev, and pythonX.Y-dev for a Debian interpreter); otherwise prints what to install and
 # exits 1 if something is missing.

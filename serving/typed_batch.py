@@ -21,8 +21,7 @@ decodes as ``UNSET`` (not None) so that an explicit ``null`` is counted as the k
 from __future__ import annotations
 
 import functools
-from itertools import chain
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 import msgspec
@@ -30,6 +29,7 @@ import numpy as np
 
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.unique_keys import body_quotes, implied_quotes
+from serving._struct_fields import FloatFields
 from serving.validation import Transactions, clean_ids
 
 BATCH_KEY = "transactions"
@@ -40,7 +40,7 @@ _BATCH_KEY_BYTES = f'"{BATCH_KEY}"'.encode()
 class _TypedBatch(NamedTuple):
     decoder: msgspec.json.Decoder
     single: msgspec.json.Decoder | None  # one transaction (None: a feature named like the key)
-    width: int  # the features: a record's first ``width`` fields, in schema order
+    features: FloatFields  # the features: a record's first fields, in schema order
     transaction_id: attrgetter
     event_time: attrgetter
     time: attrgetter
@@ -81,7 +81,7 @@ def _typed_batch(schema: FeatureSchema) -> _TypedBatch | None:
     return _TypedBatch(
         decoder=msgspec.json.Decoder(batch),
         single=msgspec.json.Decoder(record) if BATCH_KEY not in names else None,
-        width=width,
+        features=FloatFields(record, attrs[:width]),
         transaction_id=attrgetter(attr["transaction_id"]),
         event_time=attrgetter(attr["event_time"]),
         time=attrgetter(attr[schema.time]),
@@ -104,7 +104,8 @@ def _accounted(body: bytes, typed: _TypedBatch, records: list[Any], ids: list[An
     n = len(records)
     strings = n - ids.count(UNSET) - ids.count(None)  # the ids given as strings
     inner = "".join(filter(None, ids)).count('"')  # UNSET, None and "" are falsy
-    implied = 2 * batch + 2 * n * typed.width + 2 * strings + inner  # "transactions", features
+    width = typed.features.width
+    implied = 2 * batch + 2 * n * width + 2 * strings + inner  # "transactions", features
     implied += 2 * (_present(ids) + _present(events) + _present(times))  # their keys
     for getter in typed.ignored:
         values = list(map(getter, records))
@@ -148,10 +149,7 @@ def decode_batch(body: bytes, schema: FeatureSchema, max_batch: int) -> Transact
     if None in events:  # event_time, when given, wins over the time column
         times = _unset_as_none(times)
         events = [t if e is None else e for e, t in zip(events, times, strict=True)]
-    n, width = len(records), typed.width
-    # one pass over the records' feature values: astuple reads a Struct's slots directly
-    # (10,000 x 29 features: 8 ms, 13 ms with an attrgetter of the 29 names)
-    values = map(itemgetter(slice(0, width)), map(msgspec.structs.astuple, records))
-    X = np.fromiter(chain.from_iterable(values), np.float64, n * width)
-    return Transactions(batch=batch, ids=ids, event_times=events, X=X.reshape(n, width),
-                        decoded=records)  # fmt: skip
+    # the feature slots read in C (10,000 x 29 features: 0.4 ms; astuple and np.fromiter 6 ms)
+    X = np.empty((len(records), typed.features.width))
+    typed.features.matrix(records, X)
+    return Transactions(batch=batch, ids=ids, event_times=events, X=X, decoded=records)

@@ -1,5 +1,6 @@
-"""The batch fast paths against the generic ones: typed decoding (serving.typed_batch), split
-scoring (serving.scoring) and the bulk request body read (serving.request_body)."""
+"""The batch fast paths against the generic ones: typed decoding (serving.typed_batch, with
+its compiled matrix read serving._struct_fields), split scoring (serving.scoring) and the bulk
+request body read (serving.request_body)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from werkzeug.wsgi import LimitedStream
 
 from fraud_lib.schema import FeatureSchema
+from serving._struct_fields import FloatFields
 from serving.request_body import BulkBody
 from serving.scoring import SPLIT_BATCH, ServedModel
 from serving.trees import CompiledTrees
@@ -52,6 +54,26 @@ def test_a_clean_batch_decodes_as_the_generic_path_validates_it():
     assert typed.batch and typed.ids == generic.ids == ["a", None, "c", None]
     assert typed.event_times == generic.event_times == [5.0, 7.5, None, None]
     assert typed.X.dtype == np.float64 and np.array_equal(typed.X, generic.X)
+
+
+def test_the_compiled_matrix_read_refuses_what_it_cannot_read():
+    rec = msgspec.defstruct("Rec", [("a", float), ("b", float), ("c", object)], gc=False)
+    fields = FloatFields(rec, ["b", "a"])
+    out = np.empty((2, 2))
+    fields.matrix([rec(1.0, 2.5, None), rec(-0.0, 1e308, None)], out)
+    assert out.tolist() == [[2.5, 1.0], [1e308, -0.0]] and fields.width == 2
+    # a Struct's constructor checks no types: the slot's object is checked, not assumed
+    for bad in (rec(1.0, 2, None), rec(1.0, "2", None), rec(True, 2.0, None)):
+        with pytest.raises(TypeError, match="does not hold a float"):
+            fields.matrix([bad], np.empty((1, 2)))
+    with pytest.raises(TypeError, match="record 1 is not a Rec"):
+        fields.matrix([rec(1.0, 2.0, None), (1.0, 2.0)], np.empty((2, 2)))
+    with pytest.raises(ValueError, match="out is 2 x 2 for 1 x 2"):
+        fields.matrix([rec(1.0, 2.0, None)], np.empty((2, 2)))
+    with pytest.raises(TypeError, match=r"Rec\.d is not an object slot"):
+        FloatFields(rec, ["a", "d"])
+    with pytest.raises(TypeError, match="is not a class"):
+        FloatFields(rec(1.0, 2.0, None), ["a"])
 
 
 def test_a_one_feature_schema_decodes_too():
