@@ -25,6 +25,7 @@ from fraud_lib import store
 from fraud_lib.errors import DatabaseError, DataError
 from fraud_lib.redact import redact
 from serving.arrow import ARROW_STREAM, answer_in_arrow, decode_arrow, encode_predictions
+from serving.labels_input import validate_labels
 from serving.metrics import RISK_LEVELS
 from serving.prediction_log import LogUnavailable
 from serving.spool import Block, encode_block
@@ -38,7 +39,6 @@ from serving.validation import (
     parse_json,
     read_body,
     unsupported_media_type,
-    validate_labels,
     validate_transactions,
 )
 

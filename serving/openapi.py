@@ -2,8 +2,9 @@
 
 Request bodies come from the served model's :class:`~fraud_lib.schema.FeatureSchema` (one
 property per model column) and the validation rules of :mod:`serving.validation`
-(:data:`~serving.validation.MAX_ID_LENGTH`, the batch limit, finite numbers, labels 0/1, the
-optional fields of :func:`~serving.validation.optional_fields`); response bodies from the
+(:data:`~serving.validation.MAX_ID_LENGTH`, the batch limit, finite numbers, the
+optional fields of :func:`~serving.validation.optional_fields`; labels 0/1 of
+:mod:`serving.labels_input`); response bodies from the
 msgspec Structs of :mod:`serving.api` and :mod:`serving.responses` through
 ``msgspec.json.schema_components``. The service serves the document of its model at
 ``/openapi.json``; ``docs/openapi.json`` is the one of the default ULB schema and limits,
@@ -25,7 +26,8 @@ from serving.arrow import ARROW_STREAM, column_rules
 from serving.arrow.answer import ANSWER_FIELDS
 from serving.arrow.batch import TYPE_NAMES
 from serving.arrow.stream import MAX_RECORD_BATCHES
-from serving.validation import LABEL_VALUES, MAX_ID_LENGTH, TIMESTAMP_EXAMPLE, optional_fields
+from serving.labels_input import LABEL_VALUES, TIMESTAMP_EXAMPLE
+from serving.validation import MAX_ID_LENGTH, optional_fields
 
 OPENAPI_VERSION = "3.1.0"
 TITLE = "fraudloop scoring API"

@@ -43,7 +43,7 @@ from fraud_lib.features.online_store import KEY_PREFIX, RedisEventStore
 from fraud_lib.features.spec import BehaviorSpec
 from fraud_lib.input_rules import TimestampBounds, id_error
 from fraud_lib.schema import FeatureSchema
-from serving.validation import ApiError, Transactions, _list_payload
+from serving.validation import ApiError, Transactions, list_payload
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,7 @@ def validate_raw(payload: Any, schema: FeatureSchema, max_batch: int,
         raise ApiError(400, "invalid_input", 'send one raw transaction as a JSON object, or a '
                        'batch as {"transactions": [...]}')  # fmt: skip
     batch = "transactions" in payload
-    items = (
-        _list_payload(payload, "transactions", max_batch, "transactions") if batch else [payload]
-    )
+    items = list_payload(payload, "transactions", max_batch, "transactions") if batch else [payload]
     latest = bounds.latest()
     span = (bounds.earliest.timestamp(), latest.timestamp())
     errors: dict[str, str] = {}

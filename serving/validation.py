@@ -1,4 +1,4 @@
-"""Request parsing and validation for /v1/score and /v1/labels.
+"""Request parsing and validation for /v1/score (and the body parsing /v1/labels shares).
 
 Every problem becomes an :class:`ApiError` (400/413/415) with field-level messages keyed like
 ``transactions[3].V4``; nothing a client sends can produce a 500. Transactions are checked
@@ -25,8 +25,7 @@ from flask import Request
 from gunicorn.http import errors as http_parse
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from fraud_lib.errors import DataError
-from fraud_lib.input_rules import MAX_ID_LENGTH, TimestampBounds, id_error
+from fraud_lib.input_rules import MAX_ID_LENGTH, id_error
 from fraud_lib.schema import FeatureSchema
 from fraud_lib.unique_keys import body_quotes, duplicate_error, duplicate_keys, implied_quotes
 from serving.request_body import BulkBody
@@ -44,8 +43,6 @@ BODY_PARSE_ERRORS = (
     http_parse.ChunkMissingTerminator,
     http_parse.InvalidChunkExtension,
 )
-LABEL_VALUES = (0, 1)
-TIMESTAMP_EXAMPLE = "2024-05-01T12:00:00Z"
 
 
 @functools.lru_cache(maxsize=16)
@@ -203,7 +200,7 @@ def batch_too_large(n: int, key: str, max_items: int) -> ApiError:
     )
 
 
-def _list_payload(payload: Any, key: str, max_items: int, item: str) -> list[Any]:
+def list_payload(payload: Any, key: str, max_items: int, item: str) -> list[Any]:
     """The non-empty list under ``key`` of an object holding nothing else."""
     extra = [k for k in payload if k != key]
     if extra:
@@ -354,9 +351,7 @@ def validate_transactions(payload: Any, schema: FeatureSchema, max_batch: int) -
             'send one transaction as a JSON object, or a batch as {"transactions": [...]}',
         )
     batch = "transactions" in payload
-    items = (
-        _list_payload(payload, "transactions", max_batch, "transactions") if batch else [payload]
-    )
+    items = list_payload(payload, "transactions", max_batch, "transactions") if batch else [payload]
     X = _fast_matrix(items, schema) if not schema.categorical else None
     if X is not None and (extras := _fast_extras(items, schema)) is not None:
         return Transactions(batch=batch, ids=extras[0], event_times=extras[1], X=X)
@@ -399,51 +394,3 @@ def validate_transactions(payload: Any, schema: FeatureSchema, max_batch: int) -
     else:  # a clean batch that the fast path could not take (e.g. huge ints as floats)
         out.X = np.array([[r[c] for c in schema.features] for r in records], dtype=np.float64)
     return out
-
-
-# ---------------------------------------------------------------------------- labels
-LABEL_FIELDS = frozenset({"transaction_id", "label", "labeled_at"})
-
-
-def validate_labels(payload: Any, max_batch: int, bounds: TimestampBounds) -> list[dict[str, Any]]:
-    """``{"labels": [{"transaction_id", "label": 0|1, "labeled_at"?}, ...]}`` as store rows;
-    ``labeled_at`` must be inside ``bounds``."""
-    if not isinstance(payload, dict) or "labels" not in payload:
-        raise ApiError(
-            400,
-            "invalid_input",
-            'send {"labels": [{"transaction_id": "...", "label": 0 or 1}, ...]}',
-            {"labels": "missing"},
-        )
-    items = _list_payload(payload, "labels", max_batch, "labels")
-    errors: dict[str, str] = {}
-    rows = []
-    for i, item in enumerate(items):
-        prefix = f"labels[{i}]"
-        if not isinstance(item, dict):
-            errors[prefix] = "each label must be a JSON object"
-            continue
-        for key in item.keys() - LABEL_FIELDS:
-            errors[f"{prefix}.{key}"] = "unknown field; allowed: transaction_id, label, labeled_at"
-        tx = item.get("transaction_id")
-        if tx is None:
-            errors[f"{prefix}.transaction_id"] = "missing"
-        elif err := id_error(tx):
-            errors[f"{prefix}.transaction_id"] = err
-        label = item.get("label")
-        if "label" not in item:
-            errors[f"{prefix}.label"] = "missing"
-        elif isinstance(label, bool) or label not in LABEL_VALUES or not isinstance(label, int):
-            errors[f"{prefix}.label"] = "must be 0 or 1"
-        labeled_at = None
-        if item.get("labeled_at") is not None:
-            try:
-                labeled_at = bounds.parse(item["labeled_at"], "labeled_at")
-            except DataError as exc:
-                errors[f"{prefix}.labeled_at"] = str(exc)
-        rows.append(
-            {"transaction_id": str(tx), "label": label, "labeled_at": labeled_at, "source": "api"}
-        )
-    if errors:
-        raise bad_fields(errors, "the labels")
-    return rows

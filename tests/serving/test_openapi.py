@@ -18,8 +18,9 @@ from referencing import Registry, Resource
 
 from fraud_lib.config import Settings
 from fraud_lib.schema import FeatureSchema
+from serving.labels_input import validate_labels
 from serving.openapi import build_document, encode
-from serving.validation import ApiError, validate_labels, validate_transactions
+from serving.validation import ApiError, validate_transactions
 
 CHECKED_IN = REPO / "docs" / "openapi.json"
 FRAUD = str(Path(sys.executable).with_name("fraud"))
