@@ -3,10 +3,10 @@
 time (for :mod:`serving.typed_batch`).
 
 msgspec keeps a Struct's fields in object slots, each described by a member descriptor that
-holds its byte offset (CPython's ``PyMemberDescrObject``). ``msgspec.structs.astuple`` builds a
-tuple per Struct (10,000 Structs of 32 fields: ~5 ms); this reads each float's slot at its
-offset instead (~1 ms), after checking that the record is of the Struct type the offsets
-belong to and that the slot holds a float.
+holds its byte offset (CPython's ``PyMemberDescrObject``). ``msgspec.structs.astuple`` built a
+tuple per Struct for ``np.fromiter`` (10,000 Structs of 29 features: 6.3 ms in process); this
+reads each float's slot at its offset instead (0.5 ms), after checking that the record is of
+the Struct type the offsets belong to and that the slot holds a float.
 """
 
 from types import MemberDescriptorType

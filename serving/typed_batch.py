@@ -149,7 +149,7 @@ def decode_batch(body: bytes, schema: FeatureSchema, max_batch: int) -> Transact
     if None in events:  # event_time, when given, wins over the time column
         times = _unset_as_none(times)
         events = [t if e is None else e for e, t in zip(events, times, strict=True)]
-    # the feature slots read in C (10,000 x 29 features: 0.4 ms; astuple and np.fromiter 6 ms)
+    # the feature slots read in C (10,000 x 29 features: 0.5 ms; astuple and np.fromiter 6.3 ms)
     X = np.empty((len(records), typed.features.width))
     typed.features.matrix(records, X)
     return Transactions(batch=batch, ids=ids, event_times=events, X=X, decoded=records)
