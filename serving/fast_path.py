@@ -130,7 +130,8 @@ class FastScore:
             return None
         st = self.state
         if served.schema.behavior is not None:
-            from serving.raw_scoring import score_valid_raw, validate_raw  # as the view: lazily
+            from serving.raw_input import validate_raw
+            from serving.raw_scoring import score_valid_raw  # as the view: lazily
 
             settings = st.settings
             txs, times = validate_raw(decode_json(body), served.schema, settings.max_batch,

@@ -58,7 +58,7 @@ def _finite(description: str) -> dict[str, Any]:
 def transaction_schema(schema: FeatureSchema) -> dict[str, Any]:
     """The JSON Schema of one transaction for a model with ``schema``."""
     if schema.behavior is not None:
-        from serving.raw_scoring import raw_transaction_schema  # behavioral models only (memory)
+        from serving.raw_input import raw_transaction_schema  # behavioral models only (memory)
 
         return raw_transaction_schema(schema)
     props: dict[str, Any] = {
@@ -118,7 +118,7 @@ def label_schema() -> dict[str, Any]:
 
 def _example(schema: FeatureSchema) -> dict[str, Any]:
     if schema.behavior is not None:
-        from serving.raw_scoring import raw_example  # behavioral models only (memory)
+        from serving.raw_input import raw_example  # behavioral models only (memory)
 
         return raw_example(schema)
     row: dict[str, Any] = {"transaction_id": "t-1"}

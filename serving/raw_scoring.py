@@ -1,16 +1,7 @@
 """/v1/score for a behavioral champion: raw transactions in, features computed from the shared
 online state, scores out, raw fields and computed features logged together.
 
-A raw transaction carries the schema's raw columns (``schema.raw()``: time, numeric and
-categorical inputs) plus the entity keys of its ``behavior:`` block and optionally
-``transaction_id``. Rules (every problem is a 400 naming the field):
-
-* the time column is required: epoch seconds or ISO 8601 text, inside the range of
-  :class:`fraud_lib.input_rules.TimestampBounds` (``FRAUD_MIN_TIMESTAMP``,
-  ``FRAUD_MAX_CLOCK_SKEW_SECONDS``), the rule the labels follow;
-* each entity key is required: a string or an integer (compared as text, like offline);
-* numeric inputs are finite numbers, categorical ones strings (or null);
-* other fields are refused (the label column is ignored).
+Raw transactions are validated by :mod:`serving.raw_input`.
 
 :class:`OnlineService` owns, per worker, the Redis client, the event store of the champion's
 spec (keys prefixed with a fingerprint of the spec, so two definitions never mix records), the
@@ -26,11 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -41,9 +30,10 @@ from fraud_lib.features.online import Batch, OnlineFeatures
 from fraud_lib.features.online_labels import LabelCache, rebuild_state, refresh_label_cache
 from fraud_lib.features.online_store import KEY_PREFIX, RedisEventStore
 from fraud_lib.features.spec import BehaviorSpec
-from fraud_lib.input_rules import TimestampBounds, id_error
+from fraud_lib.input_rules import TimestampBounds
 from fraud_lib.schema import FeatureSchema
-from serving.validation import ApiError, Transactions, list_payload
+from serving.raw_input import validate_raw
+from serving.validation import ApiError, Transactions
 
 log = logging.getLogger(__name__)
 
@@ -55,137 +45,6 @@ def spec_prefix(spec: BehaviorSpec) -> str:
     """Redis key prefix of one feature definition: a fingerprint of its behavior block."""
     text = json.dumps({"time": spec.time, "id": spec.id, **spec.to_dict()}, sort_keys=True)
     return f"{KEY_PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:12]}:"
-
-
-def _epoch(value: Any, name: str, bounds: TimestampBounds, latest: datetime,
-           span: tuple[float, float]) -> float | str:  # fmt: skip
-    """Epoch seconds of a raw timestamp, or why it is refused (``span``: the accepted range
-    as epoch seconds, ``bounds`` with ``latest``)."""
-    if isinstance(value, bool) or value is None:
-        return "required: epoch seconds or an ISO-8601 timestamp"
-    if isinstance(value, int | float):
-        if type(value) is float and span[0] <= value <= span[1]:
-            return value  # inside the range (the exact checks below say the same, slower)
-        if not math.isfinite(value):
-            return "must be a finite number of epoch seconds"
-        try:
-            ts = datetime.fromtimestamp(float(value), UTC)
-        except (OverflowError, OSError, ValueError):
-            return "is out of range"
-        err = bounds.error(ts, name, latest=latest)
-        return err if err else float(value)
-    try:
-        return bounds.parse(value, name, latest=latest).timestamp()
-    except Exception as exc:  # DataError from the shared rule: its message names the field
-        return str(exc)
-
-
-def _check_record(schema: FeatureSchema, rec: Any, bounds: TimestampBounds, latest: datetime,
-                  span: tuple[float, float]) -> tuple[dict[str, Any], float, dict[str, str]]:  # fmt: skip
-    """A clean raw record, its epoch time and the problems per field."""
-    spec = schema.behavior
-    if not isinstance(rec, dict):
-        return {}, math.nan, {"": "must be a JSON object (one raw transaction)"}
-    errors: dict[str, str] = {}
-    t = _epoch(rec.get(spec.time), spec.time, bounds, latest, span)
-    if isinstance(t, str):
-        errors[spec.time], t = t, math.nan
-    clean: dict[str, Any] = {spec.time: rec.get(spec.time)}
-    for _, col in spec.entities:
-        value = rec.get(col)
-        if value is None:
-            errors[col] = "required: the entity key (a string or an integer)"
-        elif err := id_error(value):
-            errors[col] = err
-        clean[col] = value
-    for col in spec.numeric:
-        value = rec.get(col)
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value):
-            errors[col] = "required: a finite number"
-        clean[col] = value
-    for col in spec.categorical:
-        value = rec.get(col)
-        if value is not None and not isinstance(value, str):
-            errors[col] = "must be a string or null"
-        clean[col] = value
-    allowed = {*clean, "transaction_id", schema.label, *([spec.id] if spec.id else [])}
-    for key in rec:
-        if key not in allowed:
-            errors[str(key)] = "unknown field; a raw transaction carries " + ", ".join(clean)
-    return clean, t, errors
-
-
-def validate_raw(payload: Any, schema: FeatureSchema, max_batch: int,
-                 bounds: TimestampBounds) -> tuple[Transactions, np.ndarray]:  # fmt: skip
-    """One raw transaction or ``{"transactions": [...]}``; the records and epoch times."""
-    if not isinstance(payload, dict):
-        raise ApiError(400, "invalid_input", 'send one raw transaction as a JSON object, or a '
-                       'batch as {"transactions": [...]}')  # fmt: skip
-    batch = "transactions" in payload
-    items = list_payload(payload, "transactions", max_batch, "transactions") if batch else [payload]
-    latest = bounds.latest()
-    span = (bounds.earliest.timestamp(), latest.timestamp())
-    errors: dict[str, str] = {}
-    records, ids, times, seen = [], [], [], {}
-    for i, rec in enumerate(items):
-        clean, t, rec_errors = _check_record(schema, rec, bounds, latest, span)
-        tx = rec.get("transaction_id", rec.get(schema.id)) if isinstance(rec, dict) else None
-        if tx is not None and (err := id_error(tx)):
-            rec_errors["transaction_id"], tx = err, None
-        if tx is not None and str(tx) in seen:
-            rec_errors["transaction_id"] = f"duplicate of transactions[{seen[str(tx)]}]"
-        if tx is not None:
-            seen.setdefault(str(tx), i)
-        prefix = f"transactions[{i}]" if batch else ""
-        for field, msg in rec_errors.items():
-            errors[".".join(p for p in (prefix, field) if p) or "body"] = msg
-        records.append(clean)
-        ids.append(None if tx is None else str(tx))
-        times.append(t)
-    if errors:
-        first = next(iter(errors.items()))
-        raise ApiError(400, "invalid_input",
-                       f"the raw transaction is not valid: {first[0]}: {first[1]}", errors)  # fmt: skip
-    out = Transactions(batch=batch, ids=ids, event_times=times, records=records)
-    return out, np.asarray(times, dtype=np.float64)
-
-
-def raw_transaction_schema(schema: FeatureSchema) -> dict[str, Any]:
-    """The JSON Schema of one raw transaction (OpenAPI, behavioral champions)."""
-    spec = schema.behavior
-    number = {"type": "number", "description": "a raw numeric input; a finite number"}
-    key = {"type": ["string", "integer"], "description": "an entity key (compared as text)"}
-    props: dict[str, Any] = {
-        spec.time: {"type": ["number", "string"], "description": "event time: epoch seconds or "
-                    "ISO 8601, within FRAUD_MIN_TIMESTAMP .. now + FRAUD_MAX_CLOCK_SKEW_SECONDS"},
-        **{col: key for _, col in spec.entities},
-        **dict.fromkeys(spec.numeric, number),
-        **{c: {"type": ["string", "null"]} for c in spec.categorical},
-        "transaction_id": {"type": ["string", "integer", "null"],
-                           "description": "unique within a batch; generated when absent"},
-    }  # fmt: skip
-    if schema.label:
-        props[schema.label] = {"description": "accepted and ignored"}
-    required = [spec.time, *(c for _, c in spec.entities), *spec.numeric]
-    return {
-        "type": "object",
-        "description": "One raw transaction; the model's features are computed from the "
-        "entities' history (README, Behavioral features).",
-        "properties": props,
-        "required": required,
-        "additionalProperties": False,
-    }
-
-
-def raw_example(schema: FeatureSchema) -> dict[str, Any]:
-    """An example raw transaction for the OpenAPI document."""
-    spec = schema.behavior
-    row: dict[str, Any] = {"transaction_id": "t-1", spec.time: "2024-05-01T12:00:00Z"}
-    row.update({col: f"{name}-1" for name, col in spec.entities})
-    row.update(dict.fromkeys(spec.numeric, 12.5))
-    row.update(dict.fromkeys(spec.categorical, "a"))
-    return row
 
 
 class OnlineService:

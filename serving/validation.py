@@ -221,14 +221,21 @@ def list_payload(payload: Any, key: str, max_items: int, item: str) -> list[Any]
     return items
 
 
+def finite_number(value: Any) -> bool:
+    """True for an int or a float (not a bool) that is finite as a float: an integer beyond
+    the float range (JSON allows 4,300 digits) is not."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _number_error(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"must be a number, got {type(value).__name__}"
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an integer beyond float range
-        finite = False
-    return None if finite else "must be a finite number"
+    return None if finite_number(value) else "must be a finite number"
 
 
 # ---------------------------------------------------------------------------- transactions

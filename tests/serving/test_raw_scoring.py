@@ -112,6 +112,8 @@ def test_raw_batches_logged_with_the_offline_features(raw_app, raw_world, pg_eng
         ({"timestamp": "yesterday"}, "timestamp"),
         ({"timestamp": 4e9}, "timestamp"),  # 2096: too far in the future
         ({"amount": "12"}, "amount"),
+        ({"amount": 10**400}, "amount"),  # JSON allows it; no float holds it
+        ({"timestamp": -(10**400)}, "timestamp"),
         ({"V1": 0.5}, "V1"),
     ],
 )
