@@ -50,7 +50,7 @@ def measure() -> dict[str, dict[str, float]]:
                 keys, [record, record]
             ),
             "Lua script through redis-py": lambda: store._read_append(
-                keys=keys, args=[store.ttl_ms or 0, record, record]
+                keys=keys, args=[store.ttl_ms or 0, store.renew_below_ms, record, record]
             ),
         }
         runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}

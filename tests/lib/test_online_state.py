@@ -22,7 +22,7 @@ from fraud_lib.features.online_labels import (
     fetch_labels,
     rebuild_state,
 )
-from fraud_lib.features.online_store import RedisEventStore, horizon_seconds
+from fraud_lib.features.online_store import FEW_KEYS, RedisEventStore, horizon_seconds
 from fraud_lib.features.spec import BehaviorSpec
 from tests.lib.test_features_online import assert_close
 
@@ -109,6 +109,30 @@ def test_expiry_keeps_the_horizon_and_the_newest_older_event(raw, redis_client):
     assert list(idle_t) == [2 * day]
     assert dropped == (100 - len(busy_t)) + 2
     assert 0 < redis_client.pttl(busy) <= 2 * state.horizon * 1000
+
+
+def test_a_batch_append_renews_a_ttl_only_once_it_fell_below_the_margin(raw, redis_client):
+    spec, _ = raw
+    state = RedisEventStore(redis_client, spec, prefix=f"test-{uuid.uuid4().hex}:")
+    keys = [state.key("customer", f"c{i}") for i in range(FEW_KEYS + 3)]  # the script's path
+    one = {c: np.ones(1) for c in state.layout.columns}
+    rec, rec2 = (state.layout.pack(np.array([1.0]), np.array([i], np.uint64), one).tobytes()
+                 for i in (1, 2))  # fmt: skip
+    minute = 60_000
+    try:
+        state.read_append_raw(keys, [rec] * len(keys))
+        assert all(redis_client.pttl(k) > state.ttl_ms - minute for k in keys)  # new: full TTL
+        redis_client.pexpire(keys[0], state.renew_below_ms + minute)  # inside the margin
+        redis_client.pexpire(keys[1], state.renew_below_ms - minute)  # fallen below it
+        state.read_append_raw(keys, [rec2] * len(keys))
+        assert redis_client.pttl(keys[0]) <= state.renew_below_ms + minute
+        assert redis_client.pttl(keys[1]) > state.ttl_ms - minute
+        assert all(len(h) == 2 for h in state.read(keys))
+        redis_client.pexpire(keys[0], state.renew_below_ms + minute)
+        state.read_append_raw(keys[:2], [rec, rec])  # MULTI/EXEC: the full TTL every time
+        assert redis_client.pttl(keys[0]) > state.ttl_ms - minute
+    finally:
+        redis_client.delete(*keys)
 
 
 def test_a_late_event_after_a_trim_sees_its_previous_event(raw, redis_client):
