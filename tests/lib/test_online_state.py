@@ -111,7 +111,9 @@ def test_expiry_keeps_the_horizon_and_the_newest_older_event(raw, redis_client):
     assert 0 < redis_client.pttl(busy) <= 2 * state.horizon * 1000
 
 
-def test_a_batch_append_renews_a_ttl_only_once_it_fell_below_the_margin(raw, redis_client):
+def test_a_batch_append_renews_a_ttl_only_below_the_margin_and_reloads_its_script(
+    raw, redis_client
+):
     spec, _ = raw
     state = RedisEventStore(redis_client, spec, prefix=f"test-{uuid.uuid4().hex}:")
     keys = [state.key("customer", f"c{i}") for i in range(FEW_KEYS + 3)]  # the script's path
@@ -122,6 +124,7 @@ def test_a_batch_append_renews_a_ttl_only_once_it_fell_below_the_margin(raw, red
     try:
         state.read_append_raw(keys, [rec] * len(keys))
         assert all(redis_client.pttl(k) > state.ttl_ms - minute for k in keys)  # new: full TTL
+        redis_client.script_flush()  # as after a restart: the script is loaded again
         redis_client.pexpire(keys[0], state.renew_below_ms + minute)  # inside the margin
         redis_client.pexpire(keys[1], state.renew_below_ms - minute)  # fallen below it
         state.read_append_raw(keys, [rec2] * len(keys))
