@@ -54,6 +54,14 @@ def validate_raw(payload: Any, schema: FeatureSchema, max_batch: int,
     return out, np.asarray(times, dtype=np.float64)
 
 
+def _fields(schema: FeatureSchema) -> tuple[list[str], set[str | None]]:
+    """The columns of a clean raw record (in order) and the fields a raw transaction may carry."""
+    spec = schema.behavior
+    cols = [spec.time, *(c for _, c in spec.entities), *spec.numeric, *spec.categorical]
+    cols = list(dict.fromkeys(cols))
+    return cols, {*cols, "transaction_id", schema.label, *([spec.id] if spec.id else [])}
+
+
 def _check_records(schema: FeatureSchema, items: list, batch: bool, bounds: TimestampBounds,
                    latest: datetime, span: tuple[float, float]
                    ) -> tuple[list[dict[str, Any]], list[str | None], list[float]]:  # fmt: skip
@@ -61,8 +69,9 @@ def _check_records(schema: FeatureSchema, items: list, batch: bool, bounds: Time
     :class:`ApiError` naming every problem."""
     errors: dict[str, str] = {}
     records, ids, times, seen = [], [], [], {}
+    allowed = _fields(schema)[1]
     for i, rec in enumerate(items):
-        clean, t, rec_errors = _check_record(schema, rec, bounds, latest, span)
+        clean, t, rec_errors = _check_record(schema, rec, allowed, bounds, latest, span)
         tx = rec.get("transaction_id", rec.get(schema.id)) if isinstance(rec, dict) else None
         if tx is not None and (err := id_error(tx)):
             rec_errors["transaction_id"], tx = err, None
@@ -106,9 +115,11 @@ def _epoch(value: Any, name: str, bounds: TimestampBounds, latest: datetime,
         return str(exc)
 
 
-def _check_record(schema: FeatureSchema, rec: Any, bounds: TimestampBounds, latest: datetime,
-                  span: tuple[float, float]) -> tuple[dict[str, Any], float, dict[str, str]]:  # fmt: skip
-    """A clean raw record, its epoch time and the problems per field."""
+def _check_record(schema: FeatureSchema, rec: Any, allowed: set[str | None],
+                  bounds: TimestampBounds, latest: datetime, span: tuple[float, float]
+                  ) -> tuple[dict[str, Any], float, dict[str, str]]:  # fmt: skip
+    """A clean raw record, its epoch time and the problems per field (``allowed``: the fields
+    of :func:`_fields`)."""
     spec = schema.behavior
     if not isinstance(rec, dict):
         return {}, math.nan, {"": "must be a JSON object (one raw transaction)"}
@@ -134,7 +145,6 @@ def _check_record(schema: FeatureSchema, rec: Any, bounds: TimestampBounds, late
         if value is not None and not isinstance(value, str):
             errors[col] = "must be a string or null"
         clean[col] = value
-    allowed = {*clean, "transaction_id", schema.label, *([spec.id] if spec.id else [])}
     for key in rec:
         if key not in allowed:
             errors[str(key)] = "unknown field; a raw transaction carries " + ", ".join(clean)
@@ -151,8 +161,7 @@ def _clean_columns(schema: FeatureSchema, items: list, span: tuple[float, float]
     spec = schema.behavior
     if not all(type(rec) is dict for rec in items):
         return None
-    cols = [spec.time, *(c for _, c in spec.entities), *spec.numeric, *spec.categorical]
-    allowed = {*cols, "transaction_id", schema.label, *([spec.id] if spec.id else [])}
+    cols, allowed = _fields(schema)
     if not allowed.issuperset(set().union(*items)):  # the keys of every record
         return None
     times = _finite_column([rec.get(spec.time) for rec in items])
